@@ -1,0 +1,22 @@
+// autotp public C++ API (links libautotp.so). No LibTorch headers: cheap to include.
+#pragma once
+
+#include <string>
+
+#include "autotp/error.h"
+#include "autotp/plan.h"
+
+namespace autotp {
+
+// Loads a TorchScript archive and plans tensor parallelism for it. tp = 0 picks the largest valid
+// tp that is at most 8 (one node). Throws autotp::Error with a one-line message on bad input.
+TpPlan inspect(const std::string& model_path, int tp = 0);
+
+// The plan as one JSON document (keys: model, graph_kind, tp, valid_tp, blocks, parameters,
+// rescaled, collectives, constraints, bytes).
+std::string plan_to_json(const TpPlan& plan, int indent = 2);
+
+// The plan as a human table and summary.
+std::string plan_to_table(const TpPlan& plan);
+
+}  // namespace autotp
