@@ -550,7 +550,9 @@ class Propagator {
         auto* iv = value(in);
         if (iv && (iv->isInt() || iv->isTensor())) ints.push_back(tag(in));
       }
-      tag_[out] = combine(ints, k, divides);
+      std::string what = k + "(";
+      for (size_t i = 0; i < ints.size(); ++i) what += (i ? ", " : "") + (ints[i].what.empty() ? "?" : ints[i].what);
+      tag_[out] = combine(ints, what + ")", divides);
       set(out, {});
       note_tensor_reads(n);
       return;
@@ -662,6 +664,17 @@ class Propagator {
   void visit_control_flow(Node* n) {
     for (Value* in : n->inputs())
       if (shard(in).split()) fail(n, "carries a split tensor (" + describe(in) + ") into control flow");
+    // Blocks also read values from outside without declaring them as inputs.
+    std::vector<torch::jit::Block*> blocks(n->blocks().begin(), n->blocks().end());
+    while (!blocks.empty()) {
+      auto* b = blocks.back();
+      blocks.pop_back();
+      for (Node* inner : b->nodes()) {
+        for (Value* in : inner->inputs())
+          if (shard(in).split()) fail(n, "reads a split tensor (" + describe(in) + ") inside control flow");
+        blocks.insert(blocks.end(), inner->blocks().begin(), inner->blocks().end());
+      }
+    }
     for (Value* out : n->outputs()) set(out, {});
   }
 

@@ -4,6 +4,7 @@
 #include <map>
 #include <tuple>
 
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/serialization/import.h>
 
@@ -180,6 +181,9 @@ ModelGraph model_graph_from(const torch::jit::Module& module, const std::string&
                 "torch.jit.trace or torch.jit.script");
   mg.graph = method->graph()->copy();
   torch::jit::Inline(*mg.graph);
+  // Branches on constants (F.relu's `inplace`, dropout's `training`) disappear here, so the
+  // propagation sees straight-line code where the model has no real control flow.
+  torch::jit::ConstantPropagation(mg.graph);
 
   Resolver{mg, {}}.resolve();
   // A saved archive does not say how it was made. Scripted code reads its sizes from module

@@ -1,1 +1,103 @@
+// The CLI end to end: `autotp inspect --json` as a user runs it, parsed and checked.
+#include <gtest/gtest.h>
 
+#include <array>
+#include <cstdio>
+#include <sys/wait.h>
+
+#include <nlohmann/json.hpp>
+
+#include "fixtures.h"
+
+using autotp_test::fixture;
+
+namespace {
+
+struct CliRun {
+  int status;
+  std::string out, err;
+};
+
+CliRun run_cli(const std::string& args) {
+  const std::string err_path = std::string(::testing::TempDir()) + "autotp_cli_err.txt";
+  const std::string cmd = std::string(AUTOTP_CLI) + " " + args + " 2>" + err_path;
+  CliRun r{};
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
+  r.status = WEXITSTATUS(pclose(pipe));
+  FILE* ef = fopen(err_path.c_str(), "r");
+  while ((n = fread(buf.data(), 1, buf.size(), ef)) > 0) r.err.append(buf.data(), n);
+  fclose(ef);
+  return r;
+}
+
+TEST(Cli, InspectJsonForGqaLlamaAtTp2) {
+  CliRun r = run_cli("inspect " + fixture("llama_gqa") + " --tp 2 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("tp"), 2);
+  EXPECT_EQ(j.at("valid_tp"), (std::vector<int>{1, 2, 4}));
+  EXPECT_EQ(j.at("graph_kind"), "traced");
+  ASSERT_EQ(j.at("parameters").size(), 21u);  // 2 layers x 9 + embed + norm + lm_head
+  std::map<std::string, nlohmann::json> by;
+  for (const auto& p : j.at("parameters")) by[p.at("name")] = p;
+  EXPECT_EQ(by["model.layers.1.self_attn.k_proj.weight"].at("placement"), "column");
+  EXPECT_EQ(by["model.layers.1.self_attn.k_proj.weight"].at("shape"), (std::vector<int>{32, 64}));
+  EXPECT_EQ(by["model.layers.0.mlp.down_proj.weight"].at("placement"), "row");
+  EXPECT_EQ(by["model.layers.0.mlp.down_proj.weight"].at("split_dim"), 1);
+  EXPECT_EQ(by["lm_head.weight"].at("placement"), "vocab");
+  EXPECT_EQ(by["model.norm.weight"].at("placement"), "replicated");
+  for (const auto& p : j.at("parameters")) {
+    const std::string reason = p.at("reason");
+    EXPECT_FALSE(reason.empty());
+  }
+  EXPECT_TRUE(j.at("rescaled").empty());
+  // 4 bytes x (2 x (64*64*2 + 32*64*2 + 128*64*3) + 256*64*2) split, 4 x (2*2*64 + 64) replicated.
+  const int64_t split = 4 * (2 * (64 * 64 * 2 + 32 * 64 * 2 + 128 * 64 * 3) + 256 * 64 * 2), rep = 4 * (5 * 64);
+  EXPECT_EQ(j.at("bytes").at("total"), split + rep);
+  EXPECT_EQ(j.at("bytes").at("replicated"), rep);
+  EXPECT_EQ(j.at("bytes").at("per_rank"), rep + split / 2);
+}
+
+TEST(Cli, InspectJsonListsRescaledSitesOfTheScriptedModel) {
+  CliRun r = run_cli("inspect " + fixture("ref_script") + " --tp 4 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.at("rescaled").size(), 16u);
+  const auto& first = j.at("rescaled").at(0);
+  EXPECT_EQ(first.at("where"), "aten::view size[2] in layers.0.self_attn");
+  EXPECT_EQ(first.at("value"), "attribute layers.0.self_attn.num_heads");
+  EXPECT_EQ(first.at("from"), 8);
+  EXPECT_EQ(first.at("to"), 2);
+  EXPECT_EQ(first.at("source"), "ref_llama.py:65");
+}
+
+TEST(Cli, HumanTableHasSummary) {
+  CliRun r = run_cli("inspect " + fixture("llama_tied") + " --tp 4");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("valid tp sizes:      1, 2, 4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model.embed_tokens.weight"), std::string::npos);
+  EXPECT_NE(r.out.find("tied: one tensor, also named lm_head.weight"), std::string::npos);
+}
+
+TEST(Cli, ErrorsAreOneLineAndExitNonZero) {
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"inspect /nope.pt", "autotp: error: /nope.pt: no such file; pass a TorchScript archive (.pt) saved with torch.jit.save\n"},
+           {"inspect " + fixture("llama_gqa") + " --tp two", "autotp: error: --tp expects an integer, got 'two'\n"},
+           {"inspect " + fixture("llama_gqa") + " --tp 0", "autotp: error: --tp must be a positive integer, got 0\n"},
+           {"inspect " + fixture("llama_gqa") + " --tpp 2", "autotp: error: inspect: unknown option '--tpp'; options are --tp N and --json\n"},
+           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect\n"},
+           {"inspect " + fixture("mistral") + " --tp 4 --json",
+            "autotp: error: " + fixture("mistral") +
+                ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "
+                "valid tp for this model: 1, 2\n"}}) {
+    CliRun r = run_cli(args);
+    EXPECT_EQ(r.status, 1) << args;
+    EXPECT_EQ(r.err, expected) << args;
+    EXPECT_TRUE(r.out.empty()) << args;
+  }
+}
+
+}  // namespace

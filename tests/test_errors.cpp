@@ -1,1 +1,88 @@
+// Bad input gets one clear line naming the file, op or value — never a crash or a raw c10::Error.
+#include <gtest/gtest.h>
 
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "autotp/autotp.h"
+#include "fixtures.h"
+
+using autotp_test::fixture;
+
+namespace {
+
+std::string error_of(const std::string& path, int tp = 2) {
+  try {
+    autotp::inspect(path, tp);
+  } catch (const autotp::Error& e) {
+    std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+    return msg;
+  }
+  ADD_FAILURE() << "no error for " << path;
+  return "";
+}
+
+std::string temp_file(const std::string& name, const std::string& content) {
+  auto path = (std::filesystem::temp_directory_path() / name).string();
+  std::ofstream(path, std::ios::binary) << content;
+  return path;
+}
+
+TEST(Errors, MissingArchiveNamesTheFile) {
+  EXPECT_EQ(error_of("/nonexistent/model.pt"),
+            "/nonexistent/model.pt: no such file; pass a TorchScript archive (.pt) saved with torch.jit.save");
+}
+
+TEST(Errors, DirectoryIsNotAnArchive) {
+  auto dir = std::filesystem::temp_directory_path().string();
+  EXPECT_EQ(error_of(dir), dir + ": is a directory; pass a TorchScript archive (.pt) saved with torch.jit.save");
+}
+
+TEST(Errors, CorruptArchiveNamesTheFile) {
+  auto path = temp_file("autotp_corrupt.pt", "this is not a zip archive");
+  std::string msg = error_of(path);
+  EXPECT_EQ(msg.rfind(path + ": not a readable TorchScript archive (", 0), 0u) << msg;
+  EXPECT_NE(msg.find("save the model with torch.jit.save"), std::string::npos) << msg;
+}
+
+TEST(Errors, TruncatedArchiveNamesTheFile) {
+  std::ifstream in(fixture("llama_gqa"), std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto path = temp_file("autotp_truncated.pt", bytes.substr(0, bytes.size() / 2));
+  std::string msg = error_of(path);
+  EXPECT_EQ(msg.rfind(path + ": not a readable TorchScript archive (", 0), 0u) << msg;
+}
+
+TEST(Errors, NoTransformerBlockSaysWhatWasSearched) {
+  EXPECT_EQ(error_of(fixture("tiny_no_block")),
+            fixture("tiny_no_block") +
+                ": no transformer block found: searched 1 linear layer(s) for a column-parallel linear whose split "
+                "output reaches the contraction dim of another linear (attention q/k/v -> o_proj, MLP gate/up -> "
+                "down) and found none");
+}
+
+TEST(Errors, UnknownOpOnASplitPathNamesOpSourceAndShape) {
+  std::string msg = error_of(fixture("tiny_unknown_op"));
+  EXPECT_EQ(msg.rfind(fixture("tiny_unknown_op") + ": aten::cumsum at ref_llama.py:147: has no sharding rule", 0), 0u) << msg;
+  EXPECT_NE(msg.find("(shape [2, 8, 32] split on dim 2)"), std::string::npos) << msg;
+}
+
+TEST(Errors, NonPositiveTp) {
+  EXPECT_EQ(error_of(fixture("llama_gqa"), -2), fixture("llama_gqa") + ": tp must be a positive integer, got -2");
+}
+
+TEST(Errors, InvalidTpNamesEveryDimensionAndTheValidSizes) {
+  EXPECT_EQ(error_of(fixture("mistral"), 4),
+            fixture("mistral") +
+                ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "
+                "valid tp for this model: 1, 2");
+  std::string msg = error_of(fixture("smollm2"), 2);
+  EXPECT_EQ(msg, fixture("smollm2") +
+                     ": tp=2 does not divide the attention heads (9, model.layers.0.self_attn.q_proj.weight at "
+                     "modeling_llama.py:252), nor the kv heads (3, model.layers.0.self_attn.k_proj.weight at "
+                     "modeling_llama.py:253); valid tp for this model: 1, 3");
+}
+
+}  // namespace
