@@ -32,9 +32,10 @@ struct IntTag {
   std::string what;
 };
 
-// Thrown inside propagation when a known op needs the full extent of a split dim.
+// Thrown inside propagation when a known op needs the full extent of a split dim: the linears the
+// split came from, and why.
 struct NeedsFull {
-  std::set<int> origins;
+  std::vector<Node*> linears;
   std::string reason;
 };
 
@@ -82,7 +83,6 @@ class Propagator {
   std::unordered_map<const Value*, Shard> shard_;
   std::unordered_map<const Value*, IntTag> tag_;
   std::unordered_map<const Value*, std::vector<Value*>> elems_;  // tuples and lists built in the graph
-  std::unordered_map<const Node*, int> linear_index_;
 
   // ---- helpers -------------------------------------------------------------------------------
   static std::string op(const Node* n) { return n->kind().toQualString(); }
@@ -168,7 +168,9 @@ class Propagator {
 
   [[noreturn]] void need_full(const Node* n, const std::set<int>& origins, const std::string& why) {
     if (origins.empty()) fail(n, why);
-    throw NeedsFull{origins, at(n) + " " + why};
+    NeedsFull nf{{}, at(n) + " " + why};
+    for (int o : origins) nf.linears.push_back(s_.linears[o].node);
+    throw nf;
   }
 
   static std::set<int> merged(const std::vector<Shard>& shards) {
@@ -316,7 +318,6 @@ class Propagator {
       fail(n, "input is split on dim " + std::to_string(sx.dim) + " of " + describe(x) +
                   ", not on the features a linear contracts");
     }
-    linear_index_[n] = idx;
     s_.linears.push_back(std::move(lin));
   }
 
@@ -735,17 +736,9 @@ ShardingStructure propagate(const ModelGraph& mg, const ProbeValues& values) {
       return Propagator(mg, values, forced).run();
     } catch (const NeedsFull& nf) {
       // Send the linears the split came from back to replicated and start again.
-      ShardingStructure partial;
       bool progressed = false;
-      // Origins are indices in visit order; replay to map them to nodes.
-      std::vector<Node*> linear_nodes;
-      for (Node* n : mg.graph->nodes())
-        if (n->kind().toQualString() == std::string("aten::linear") && mg.tensor_of.count(n->input(1)))
-          linear_nodes.push_back(n);
-      for (int o : nf.origins) {
-        if (o < 0 || o >= static_cast<int>(linear_nodes.size())) continue;
-        progressed |= forced.emplace(linear_nodes[o], "replicated: its split output would reach " + nf.reason).second;
-      }
+      for (Node* n : nf.linears)
+        progressed |= forced.emplace(n, "replicated: its split output would reach " + nf.reason).second;
       if (!progressed) throw Error(mg.path + ": " + nf.reason);
     }
   }
