@@ -181,15 +181,13 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
       };
       const std::string heads = "attribute " + attn + ".num_heads", kv = "attribute " + attn + ".num_kv_heads";
       const std::string kvrep = "aten::mul(" + kv + ", attribute " + attn + ".n_rep)";
-      // Attention.forward (eager) and SdpaAttention.forward sit at different lines; repeat_kv is shared.
-      const bool sdpa = name == "ref_sdpa";
-      auto line = [&](int eager, int via_sdpa) { return "ref_llama.py:" + std::to_string(sdpa ? via_sdpa : eager); };
+      // Both attention variants share Attention.project_heads / repeat_kv / merge_heads.
       const std::vector<Site> sites = {
-          {"aten::view", 2, c.heads, heads, line(65, 173)},          {"aten::view", 2, c.kv_heads, kv, line(66, 174)},
-          {"aten::view", 2, c.kv_heads, kv, line(67, 175)},          {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60"},
+          {"aten::view", 2, c.heads, heads, "ref_llama.py:66"},      {"aten::view", 2, c.kv_heads, kv, "ref_llama.py:67"},
+          {"aten::view", 2, c.kv_heads, kv, "ref_llama.py:68"},      {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60"},
           {"aten::reshape", 1, c.heads, kvrep, "ref_llama.py:61"},   {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60"},
           {"aten::reshape", 1, c.heads, kvrep, "ref_llama.py:61"},
-          {"aten::reshape", 2, c.hidden, "attribute " + attn + ".hidden_size", line(75, 179)}};
+          {"aten::reshape", 2, c.hidden, "attribute " + attn + ".hidden_size", "ref_llama.py:75"}};
       for (size_t i = 0; i < sites.size(); ++i) {
         const auto& got = plan.rescaled[l * 8 + i];
         const auto& want = sites[i];

@@ -71,7 +71,7 @@ TEST(Cli, InspectJsonListsRescaledSitesOfTheScriptedModel) {
   EXPECT_EQ(first.at("value"), "attribute layers.0.self_attn.num_heads");
   EXPECT_EQ(first.at("from"), 8);
   EXPECT_EQ(first.at("to"), 2);
-  EXPECT_EQ(first.at("source"), "ref_llama.py:65");
+  EXPECT_EQ(first.at("source"), "ref_llama.py:66");
 }
 
 TEST(Cli, HumanTableHasSummary) {

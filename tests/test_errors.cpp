@@ -65,7 +65,7 @@ TEST(Errors, NoTransformerBlockSaysWhatWasSearched) {
 
 TEST(Errors, UnknownOpOnASplitPathNamesOpSourceAndShape) {
   std::string msg = error_of(fixture("tiny_unknown_op"));
-  EXPECT_EQ(msg.rfind(fixture("tiny_unknown_op") + ": aten::cumsum at ref_llama.py:147: has no sharding rule", 0), 0u) << msg;
+  EXPECT_EQ(msg.rfind(fixture("tiny_unknown_op") + ": aten::cumsum at ref_llama.py:153: has no sharding rule", 0), 0u) << msg;
   EXPECT_NE(msg.find("(shape [2, 8, 32] split on dim 2)"), std::string::npos) << msg;
 }
 
