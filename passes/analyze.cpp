@@ -334,7 +334,8 @@ class Propagator {
 
   // Checks the size list `list` (a prim::ListConstruct) of op n whose output is split at `split_pos`:
   // the entry there must be -1, a per-rank size, or a static size (recorded for rescaling).
-  void check_size_list(Node* n, const Value* list, int split_pos, const std::set<int>& origins) {
+  void check_size_list(Node* n, size_t list_input, int split_pos, const std::set<int>& origins) {
+    const Value* list = n->input(list_input);
     auto el = elems_.find(list);
     if (el == elems_.end()) {
       fail(n, "takes a size list computed at run time; autotp needs it built from single sizes");
@@ -348,7 +349,7 @@ class Propagator {
         if (t.kind == IntTag::Static) {
           int64_t v = int_of(items[i]);
           if (v != -1) {
-            s_.rescales.push_back({n, i, v, t.what, std::vector<int>(origins.begin(), origins.end())});
+            s_.rescales.push_back({n, list_input, i, v, t.what, std::vector<int>(origins.begin(), origins.end())});
           }
         }
       } else if (t.kind == IntTag::Local) {
@@ -413,7 +414,7 @@ class Propagator {
       break;
     }
     if (out_dim < 0) fail(n, "lost the split dim " + std::to_string(sx.dim) + " of " + describe(x));
-    if (list_arg >= 0) check_size_list(n, n->input(list_arg), out_dim, sx.origins);
+    if (list_arg >= 0) check_size_list(n, static_cast<size_t>(list_arg), out_dim, sx.origins);
     set(n->output(), Shard{out_dim, sx.origins});
   }
 
@@ -430,7 +431,7 @@ class Propagator {
       return;
     }
     int od = static_cast<int>(sx.dim + (r_out - rank(x)));
-    check_size_list(n, n->input(1), od, sx.origins);
+    check_size_list(n, 1, od, sx.origins);
     set(n->output(), Shard{od, sx.origins});
   }
 

@@ -42,6 +42,7 @@ struct ShardingStructure {
   };
   struct Rescale {
     torch::jit::Node* node = nullptr;  // the op that takes the size list
+    size_t list_input = 1;             // which input of node is the list (a prim::ListConstruct)
     size_t list_index = 0;             // position in the size list
     int64_t from = 0;
     std::string value;                 // constant / attribute / expression it reads

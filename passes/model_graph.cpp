@@ -9,6 +9,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include "autotp/error.h"
+#include "autotp/rewrite.h"
 
 namespace autotp {
 namespace {
@@ -198,22 +199,24 @@ ModelGraph model_graph_from(const torch::jit::Module& module, const std::string&
   return mg;
 }
 
-ModelGraph load_model_graph(const std::string& path) {
+torch::jit::Module load_model(const std::string& path) {
   if (!std::filesystem::exists(path))
     throw Error(path + ": no such file; pass a TorchScript archive (.pt) saved with torch.jit.save");
   if (std::filesystem::is_directory(path))
     throw Error(path + ": is a directory; pass a TorchScript archive (.pt) saved with torch.jit.save");
-  torch::jit::Module module;
   try {
-    module = torch::jit::load(path, c10::kCPU);
+    return torch::jit::load(path, c10::kCPU);
   } catch (const std::exception& e) {
     std::string what = e.what();
     auto nl = what.find('\n');
     if (nl != std::string::npos) what = what.substr(0, nl);
-    throw Error(path + ": not a readable TorchScript archive (" + what +
-                "); save the model with torch.jit.save");
+    std::string hint = what.find("autotp") != std::string::npos || what.find("Unknown builtin op") != std::string::npos
+                           ? "; a rewritten archive needs libautotp loaded (link it, or torch.ops.load_library)"
+                           : "; save the model with torch.jit.save";
+    throw Error(path + ": not a readable TorchScript archive (" + what + ")" + hint);
   }
-  return model_graph_from(module, path);
 }
+
+ModelGraph load_model_graph(const std::string& path) { return model_graph_from(load_model(path), path); }
 
 }  // namespace autotp

@@ -1,5 +1,6 @@
 // The library face of the analysis: load -> probe -> propagate -> plan.
 #include "autotp/autotp.h"
+#include "autotp/rewrite.h"
 
 #include "passes/analyze.h"
 
@@ -16,6 +17,28 @@ TpPlan inspect(const std::string& model_path, int tp) {
       if (v <= 8) tp = v;
   }
   return make_plan(mg, s, tp);
+}
+
+TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label) {
+  ModelGraph mg = model_graph_from(module, label);
+  return make_plan(mg, propagate(mg, probe(mg, example_inputs(mg))), tp);
+}
+
+std::string user_message(const std::exception& e) {
+  // The interpreter wraps an op's exception: "The following operation failed ...\nTraceback ...\n
+  // RuntimeError: autotp::copy_to_tp: no device mesh ...". The user's line is the autotp one.
+  const std::string what = e.what();
+  size_t start = 0;
+  while (start < what.size()) {
+    size_t end = what.find('\n', start);
+    std::string line = what.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    for (const char* prefix : {"RuntimeError: ", "Error: "})
+      if (line.rfind(prefix, 0) == 0) line = line.substr(std::string(prefix).size());
+    if (line.rfind("autotp::", 0) == 0 || line.rfind("autotp: ", 0) == 0) return line;
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return what.substr(0, what.find('\n'));
 }
 
 }  // namespace autotp

@@ -1,0 +1,46 @@
+// autotp public C++ API for the rewrite: load a TorchScript model, plan it, rewrite it into one
+// rank's tensor-parallel module. Pair with autotp/mesh.h to run the result.
+//
+//   auto model = autotp::load_model("llama.pt");
+//   autotp::TpPlan plan = autotp::plan_model(model, 2, "llama.pt");
+//   torch::jit::Module mine = autotp::rewrite(model, plan, mesh->tp_rank());
+//   mine.save("llama.tp2.rank0.pt");   // loads again wherever libautotp.so is loaded
+#pragma once
+
+#include <exception>
+#include <string>
+
+#include <torch/csrc/jit/api/module.h>
+
+#include "autotp/error.h"
+#include "autotp/plan.h"
+
+namespace autotp {
+
+// torch::jit::load with a one-line autotp::Error for a missing or unreadable file.
+torch::jit::Module load_model(const std::string& path);
+
+// The plan for tp ranks (as `autotp inspect` prints it); `label` names the model in messages.
+TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label);
+
+// A new module for tensor-parallel rank `tp_rank` of plan.tp: the input is untouched (its classes
+// are cloned, so scripted submodules sharing one graph stay as they were); split parameters are
+// replaced by this rank's contiguous slices, replicated ones by private copies; recorded sizes are
+// rescaled; copy_to_tp / reduce_from_tp / vocab_parallel_embedding are in its forward graph.
+// Its logits stay split over the vocabulary (see RewriteInfo). Throws autotp::Error when the plan
+// was made for another model.
+torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan, int tp_rank);
+
+// What rewrite() recorded on the module (attributes autotp_tp, autotp_tp_rank, autotp_vocab).
+struct RewriteInfo {
+  int tp = 0;             // 0: not a rewritten module
+  int tp_rank = 0;
+  int64_t vocab = 0;      // full vocabulary when the logits are vocab-split, else 0
+};
+RewriteInfo rewrite_info(const torch::jit::Module& module);
+
+// The one line of an exception meant for the user: an autotp message raised inside a TorchScript
+// op arrives wrapped in the interpreter's traceback; this finds it again.
+std::string user_message(const std::exception& e);
+
+}  // namespace autotp

@@ -1,0 +1,57 @@
+// autotp verify — proves a rewrite equal to the unsharded model on one random batch.
+//
+// Forward and backward of the tp rank modules (ranks as threads over gloo, or one rank per process
+// under torchrun) against the original module on the same batch and the same loss (next-token
+// cross-entropy, mean over tokens; the sharded side uses the vocab-parallel cross-entropy).
+// Relative error of a quantity = max |sharded − reference| / max |reference|, over the whole
+// tensor (re-assembled from the shards) — an elementwise ratio is meaningless where values cross 0.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "autotp/mesh.h"
+
+namespace autotp {
+
+struct VerifyOptions {
+  int tp = 2;
+  std::string dtype = "fp32";  // fp32 | bf16
+  int64_t batch = 0;           // 0: as the model was traced (2 for scripted models)
+  int64_t seq = 0;             // 0: as the model was traced (8 for scripted models)
+  uint64_t seed = 1234;
+  bool per_parameter = false;  // list every parameter's gradient error in text()
+};
+
+struct VerifyReport {
+  std::string model;
+  int tp = 0;
+  std::string dtype;
+  std::vector<int64_t> input_shape;
+  double tolerance = 0;
+  double logits_rel = 0, loss_rel = 0, grads_rel = 0;
+  double loss_reference = 0, loss_sharded = 0;
+  std::string worst_grad;   // parameter with the largest gradient error
+  int grads_compared = 0;   // 0 for a frozen archive (no trainable parameters)
+  std::vector<std::pair<std::string, double>> grad_errors;  // every parameter, in module order
+  bool per_parameter = false;
+  bool vocab_split = false;
+  // Rank 0's tp group over the one forward+backward: by op site and by collective kind.
+  std::map<std::string, CollectiveCount> tp_by_site, tp_by_kind;
+  bool ok() const { return logits_rel <= tolerance && loss_rel <= tolerance && grads_rel <= tolerance; }
+  std::string text() const;
+};
+
+// Ranks as threads of this process, each with its own gloo mesh over a HashStore.
+VerifyReport verify_threads(const std::string& model_path, const VerifyOptions& options);
+
+// This process is one rank of `mesh` (torchrun); mesh.tp() must equal options.tp and dp must be 1.
+// Every rank gets the same report (errors are max-reduced over the mesh).
+VerifyReport verify_on_mesh(const std::string& model_path, const VerifyOptions& options, Mesh& mesh);
+
+// fp32: 1e-5; bf16: see verify.cpp.
+double verify_tolerance(const std::string& dtype);
+
+}  // namespace autotp
