@@ -2,9 +2,14 @@
 // written by tests/fixtures/make_fixtures.py from the model configs, not by autotp).
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <string>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -24,6 +29,30 @@ inline FixtureConfig config_of(const std::string& name) {
   auto j = nlohmann::json::parse(in).at(name);
   return {name, j.at("architecture"), j.at("export"), j.at("vocab"), j.at("hidden"), j.at("intermediate"),
           j.at("layers"), j.at("heads"), j.at("kv_heads"), j.at("tied"), j.at("qkv_bias")};
+}
+
+struct CliRun {
+  int status;
+  std::string out, err;
+};
+
+// Runs a shell command; stdout and stderr apart. The stderr file is private to this process and
+// call (ctest runs test processes in parallel).
+inline CliRun run_command(const std::string& command) {
+  static std::atomic<int> counter{0};
+  const std::string err_path = "/tmp/autotp_test_err." + std::to_string(getpid()) + "." + std::to_string(counter++);
+  CliRun r{};
+  FILE* pipe = popen((command + " 2>" + err_path).c_str(), "r");
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
+  r.status = WEXITSTATUS(pclose(pipe));
+  if (FILE* ef = fopen(err_path.c_str(), "r")) {
+    while ((n = fread(buf.data(), 1, buf.size(), ef)) > 0) r.err.append(buf.data(), n);
+    fclose(ef);
+  }
+  std::remove(err_path.c_str());
+  return r;
 }
 
 }  // namespace autotp_test

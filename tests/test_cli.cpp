@@ -1,37 +1,18 @@
 // The CLI end to end: `autotp inspect --json` as a user runs it, parsed and checked.
 #include <gtest/gtest.h>
 
-#include <array>
-#include <cstdio>
-#include <sys/wait.h>
+#include <algorithm>
 
 #include <nlohmann/json.hpp>
 
 #include "fixtures.h"
 
+using autotp_test::CliRun;
 using autotp_test::fixture;
 
 namespace {
 
-struct CliRun {
-  int status;
-  std::string out, err;
-};
-
-CliRun run_cli(const std::string& args) {
-  const std::string err_path = std::string(::testing::TempDir()) + "autotp_cli_err.txt";
-  const std::string cmd = std::string(AUTOTP_CLI) + " " + args + " 2>" + err_path;
-  CliRun r{};
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  r.status = WEXITSTATUS(pclose(pipe));
-  FILE* ef = fopen(err_path.c_str(), "r");
-  while ((n = fread(buf.data(), 1, buf.size(), ef)) > 0) r.err.append(buf.data(), n);
-  fclose(ef);
-  return r;
-}
+CliRun run_cli(const std::string& args) { return autotp_test::run_command(std::string(AUTOTP_CLI) + " " + args); }
 
 TEST(Cli, InspectJsonForGqaLlamaAtTp2) {
   CliRun r = run_cli("inspect " + fixture("llama_gqa") + " --tp 2 --json");
@@ -88,7 +69,7 @@ TEST(Cli, ErrorsAreOneLineAndExitNonZero) {
            {"inspect " + fixture("llama_gqa") + " --tp two", "autotp: error: --tp expects an integer, got 'two'\n"},
            {"inspect " + fixture("llama_gqa") + " --tp 0", "autotp: error: --tp must be a positive integer, got 0\n"},
            {"inspect " + fixture("llama_gqa") + " --tpp 2", "autotp: error: inspect: unknown option '--tpp'; options are --tp N and --json\n"},
-           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect\n"},
+           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect, rewrite, verify, check\n"},
            {"inspect " + fixture("mistral") + " --tp 4 --json",
             "autotp: error: " + fixture("mistral") +
                 ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "
@@ -98,6 +79,32 @@ TEST(Cli, ErrorsAreOneLineAndExitNonZero) {
     EXPECT_EQ(r.err, expected) << args;
     EXPECT_TRUE(r.out.empty()) << args;
   }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Cli, CheckShippedConfigAndABadOne) {
+  CliRun ok = run_cli("check " + std::string(AUTOTP_SOURCE_DIR) + "/configs/zero1_tp2.json --world-size 4");
+  EXPECT_EQ(ok.status, 0) << ok.err;
+  EXPECT_NE(ok.out.find("16 samples per optimizer step"), std::string::npos) << ok.out;
+  CliRun bad = run_cli("check " + std::string(AUTOTP_SOURCE_DIR) + "/tests/configs_bad/tp_size_misplaced.json");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("tensor_parallel.tp_size: unknown key; did you mean autotp_size?"), std::string::npos) << bad.err;
+}
+
+TEST(Cli, VerifyPrintsErrorsAndCountsAndRewriteWritesRanks) {
+  CliRun v = run_cli("verify " + fixture("qwen2") + " --tp 2");
+  EXPECT_EQ(v.status, 0) << v.err;
+  EXPECT_NE(v.out.find("OK"), std::string::npos);
+  EXPECT_NE(v.out.find("27 parameters"), std::string::npos) << v.out;
+  CliRun bad = run_cli("verify " + fixture("mistral") + " --tp 4");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
+  EXPECT_NE(bad.err.find("does not divide the kv heads (2"), std::string::npos) << bad.err;
+  CliRun dtype = run_cli("verify " + fixture("qwen2") + " --tp 2 --dtype fp16");
+  EXPECT_EQ(dtype.err, "autotp: error: verify: --dtype fp16 is not supported; use fp32 or bf16\n");
 }
 
 }  // namespace
