@@ -1,0 +1,1237 @@
+// Strict DeepSpeed-compatible training config. Two phases:
+//   1. walk the JSON in file order: every key is known, rejected with a reason, or unknown (with the
+//      closest valid key); every leaf has the right type. Typed values land in `Raw`.
+//   2. resolve what depends on several keys or on the world size: tp and dp, batch arithmetic,
+//      "auto" values a CLI flag may supply, optimizer defaults, ZeRO stage against tp.
+// Problems from both phases are collected; nothing stops at the first one.
+// DeepSpeed facts cited below are from deepspeed/runtime/{config.py,constants.py,engine.py,
+// lr_schedules.py,precision_config.py,zero/config.py,tensor_parallel/config.py} at v0.19.6.
+#include "runtime/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "autotp/error.h"
+
+namespace autotp {
+namespace {
+
+// Ordered, so problems come out in the order the keys appear in the file.
+using Json = nlohmann::ordered_json;
+
+// ---- text helpers --------------------------------------------------------------------------------
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+std::string join_path(const std::string& parent, const std::string& key) {
+  return parent.empty() ? key : parent + "." + key;
+}
+
+// Shortest text that reads back as the same double: 0.0003, not 0.00029999999999999997.
+std::string num(double v) {
+  char buf[40];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+// A JSON value as the user wrote it, on one line and short enough for a message.
+std::string show(const Json& v) {
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+// One problem is one line, whatever a parser or a value put into the text.
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::vector<std::string> words(const std::string& key) {
+  std::vector<std::string> out;
+  std::stringstream in(lower(key));
+  for (std::string w; std::getline(in, w, '_');)
+    if (!w.empty()) out.push_back(w);
+  return out;
+}
+
+// Every word of `key` is a word of `candidate`: warmup_steps -> warmup_num_steps.
+bool has_all_words(const std::string& candidate, const std::string& key) {
+  auto mine = words(candidate);
+  for (const auto& w : words(key))
+    if (std::find(mine.begin(), mine.end(), w) == mine.end()) return false;
+  return true;
+}
+
+// The candidate to suggest for an unknown `word`. One holding all of its words wins (a shortened
+// name); otherwise the nearest by edit distance (case-insensitive), if near enough to be a plausible
+// typo or abbreviation (tp_size -> autotp_size is 4 edits of 11 characters).
+std::optional<std::string> closest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::optional<std::string> best, best_containing;
+  size_t best_distance = std::numeric_limits<size_t>::max(), best_containing_distance = best_distance;
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(lower(word), lower(c));
+    if (d < best_distance) best = c, best_distance = d;
+    if (has_all_words(c, word) && d < best_containing_distance) best_containing = c, best_containing_distance = d;
+  }
+  if (best_containing) return best_containing;
+  if (!best) return std::nullopt;
+  size_t limit = std::max<size_t>(2, (std::max(word.size(), best->size()) + 1) / 3);
+  return best_distance <= limit ? best : std::nullopt;
+}
+
+const std::string kAutoPrefix = "\"auto\" is filled in only by the Hugging Face Trainer; ";
+
+// ---- what phase 1 records --------------------------------------------------------------------------
+
+// A key that "auto" may leave open for a CLI flag to fill.
+template <typename T>
+struct Slot {
+  bool present = false;
+  bool is_auto = false;
+  std::optional<T> value;  // unset when present: the type problem is already reported
+};
+
+struct Raw {
+  Slot<int64_t> train_batch, micro, grad_accum;
+  Slot<double> lr;
+  std::optional<int64_t> autotp_size, tp_size;
+  std::string tp_size_path;
+  std::optional<std::string> tp_dtype;
+  std::optional<int64_t> stage;
+  std::optional<bool> bf16;
+  bool bf16_bad = false;  // bf16.enabled had a problem of its own
+  std::optional<std::string> optimizer_type;  // canonical "AdamW" / "Adam"
+  std::optional<double> beta1, beta2, eps, weight_decay;
+  std::optional<bool> adam_w_mode, torch_adam;
+  std::optional<SchedulerConfig> scheduler;
+};
+
+struct Ctx {
+  const ConfigOverrides& overrides;
+  TrainConfig& cfg;
+  Raw raw;
+  std::vector<ConfigProblem> problems;
+  void add(const std::string& path, const std::string& message) { problems.push_back({path, one_line(message)}); }
+};
+
+// ---- typed leaf readers: a wrong type is a problem naming the expected type and the value -----------
+
+bool is_auto(const Json& v) { return v.is_string() && v.get<std::string>() == "auto"; }
+
+// `auto_hint` says what to write instead of "auto".
+bool reject_auto(Ctx& ctx, const Json& v, const std::string& path, const std::string& auto_hint) {
+  if (!is_auto(v)) return false;
+  ctx.add(path, kAutoPrefix + auto_hint);
+  return true;
+}
+
+std::string int_kind(int64_t min) {
+  if (min == 1) return "a positive integer";
+  if (min == 0) return "a non-negative integer";
+  return "an integer >= " + std::to_string(min);
+}
+
+// Integers may be written 500000000 or 5e8 (as DeepSpeed users do for bucket sizes).
+std::optional<int64_t> integral(const Json& v) {
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    double d = v.get<double>();
+    if (std::isfinite(d) && std::floor(d) == d && std::fabs(d) < 9e18) return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
+}
+
+std::optional<int64_t> read_int(Ctx& ctx, const Json& v, const std::string& path, int64_t min,
+                                const std::string& auto_hint) {
+  if (reject_auto(ctx, v, path, auto_hint)) return std::nullopt;
+  auto i = integral(v);
+  if (!i || *i < min) {
+    ctx.add(path, "expected " + int_kind(min) + ", got " + show(v));
+    return std::nullopt;
+  }
+  return i;
+}
+
+std::optional<double> read_number(Ctx& ctx, const Json& v, const std::string& path, double min,
+                                  const std::string& auto_hint) {
+  if (reject_auto(ctx, v, path, auto_hint)) return std::nullopt;
+  if (!v.is_number() || v.get<double>() < min) {
+    ctx.add(path, std::string("expected a ") + (min == 0 ? "non-negative " : "") + "number, got " + show(v));
+    return std::nullopt;
+  }
+  return v.get<double>();
+}
+
+std::optional<bool> read_bool(Ctx& ctx, const Json& v, const std::string& path, const std::string& auto_hint) {
+  if (reject_auto(ctx, v, path, auto_hint)) return std::nullopt;
+  if (!v.is_boolean()) {
+    ctx.add(path, "expected true or false, got " + show(v));
+    return std::nullopt;
+  }
+  return v.get<bool>();
+}
+
+std::optional<std::string> read_string(Ctx& ctx, const Json& v, const std::string& path,
+                                       const std::string& auto_hint) {
+  if (reject_auto(ctx, v, path, auto_hint)) return std::nullopt;
+  if (!v.is_string()) {
+    ctx.add(path, "expected a string, got " + show(v));
+    return std::nullopt;
+  }
+  return v.get<std::string>();
+}
+
+bool expect_object(Ctx& ctx, const Json& v, const std::string& path) {
+  if (v.is_object()) return true;
+  if (!reject_auto(ctx, v, path, "write an object"))
+    ctx.add(path, "expected an object {...}, got " + show(v));
+  return false;
+}
+
+// A key whose slot may hold "auto" until phase 2 sees the flags.
+template <typename T, typename Read>
+void read_slot(Slot<T>& slot, const Json& v, Read read) {
+  slot.present = true;
+  if (is_auto(v))
+    slot.is_auto = true;
+  else
+    slot.value = read();
+}
+
+// ---- walking an object -------------------------------------------------------------------------------
+
+using Reader = std::function<void(Ctx&, const Json&, const std::string& path)>;
+
+struct Section {
+  std::vector<std::pair<std::string, Reader>> keys;      // accepted keys, in documentation order
+  std::map<std::string, std::string> rejected;            // DeepSpeed keys autotp refuses: why
+  std::map<std::string, std::string> elsewhere;           // keys that belong at another path
+};
+
+void unknown_key(Ctx& ctx, const Section& s, const std::string& path, const std::string& key) {
+  const std::string where = join_path(path, key);
+  auto moved = s.elsewhere.find(key);
+  if (moved != s.elsewhere.end()) return ctx.add(where, "unknown key; did you mean " + moved->second + "?");
+  std::vector<std::string> names;
+  for (const auto& [name, read] : s.keys) names.push_back(name);
+  auto near = closest(key, names);
+  ctx.add(where, near ? "unknown key; did you mean " + *near + "?" : "unknown key");
+}
+
+void walk(Ctx& ctx, const Json& obj, const std::string& path, const Section& s) {
+  for (const auto& [key, value] : obj.items()) {
+    auto rule = std::find_if(s.keys.begin(), s.keys.end(), [&](const auto& k) { return k.first == key; });
+    if (rule != s.keys.end()) {
+      rule->second(ctx, value, join_path(path, key));
+    } else if (auto why = s.rejected.find(key); why != s.rejected.end()) {
+      ctx.add(join_path(path, key), why->second);
+    } else {
+      unknown_key(ctx, s, path, key);
+    }
+  }
+}
+
+// Two spellings DeepSpeed accepts for one setting (an alias): it reads only one of them.
+void reject_both(Ctx& ctx, const Json& obj, const std::string& path, const std::string& a, const std::string& b) {
+  if (obj.contains(a) && obj.contains(b))
+    ctx.add(join_path(path, b), "same setting as " + a + "; DeepSpeed reads only one of them: delete one");
+}
+
+// Accepted so that DeepSpeed configs load, but autotp has nothing it would change. Type-checked
+// all the same; "auto" is fine here since autotp would ignore whatever the Trainer filled in.
+enum class Kind { Bool, Count, Number };
+Reader no_effect(Kind kind) {
+  return [kind](Ctx& ctx, const Json& v, const std::string& path) {
+    if (!is_auto(v)) {
+      if (kind == Kind::Bool && !read_bool(ctx, v, path, "")) return;
+      if (kind == Kind::Count && !read_int(ctx, v, path, 0, "")) return;
+      if (kind == Kind::Number && !read_number(ctx, v, path, -HUGE_VAL, "")) return;
+    }
+    ctx.cfg.no_effect.push_back(path);
+  };
+}
+
+// ---- sections --------------------------------------------------------------------------------------
+
+const std::string kNameBased =
+    "DeepSpeed's AutoTP picks column/row splits by module names; autotp derives them from the graph "
+    "(see autotp inspect): delete it";
+
+const Section& tp_inner_section() {
+  static const Section s{
+      {{"tp_size",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          ctx.raw.tp_size = read_int(ctx, v, path, 1, "write the same number as tensor_parallel.autotp_size");
+          ctx.raw.tp_size_path = path;
+        }},
+       // DeepSpeed's own docstring: "not activated in training yet".
+       {"tp_grain_size", no_effect(Kind::Count)}},
+      {{"mpu", "a Python object deepspeed.initialize receives, not a JSON value; autotp builds its own groups"},
+       {"tp_group", "a Python object tp_model_init receives, not a JSON value; autotp builds its own groups"}},
+      {}};
+  return s;
+}
+
+void read_tp_inner(Ctx& ctx, const Json& v, const std::string& path) {
+  if (expect_object(ctx, v, path)) walk(ctx, v, path, tp_inner_section());
+}
+
+void read_kernel_inject(Ctx& ctx, const Json& v, const std::string& path) {
+  auto on = read_bool(ctx, v, path, "write false");
+  if (on && *on) ctx.add(path, "true injects DeepSpeed's inference kernels; autotp trains: write false");
+}
+
+const Section& tensor_parallel_section() {
+  static const Section s{
+      {{"autotp_size",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          ctx.raw.autotp_size = read_int(ctx, v, path, 0, "write the tensor-parallel size, e.g. 2");
+        }},
+       {"tp", read_tp_inner},
+       {"tensor_parallel", read_tp_inner},  // DeepSpeed's field name; "tp" is its alias
+       {"dtype",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          auto name = read_string(ctx, v, path, "delete it: bf16.enabled sets the training dtype");
+          if (!name) return;
+          static const std::map<std::string, std::string> names{
+              {"bf16", "bf16"}, {"bfloat16", "bf16"}, {"torch.bfloat16", "bf16"}, {"fp32", "fp32"},
+              {"float32", "fp32"}, {"torch.float32", "fp32"}, {"fp16", "fp16"}, {"float16", "fp16"},
+              {"torch.float16", "fp16"}};
+          auto it = names.find(lower(*name));
+          if (it == names.end())
+            ctx.add(path, "expected \"bf16\" or \"fp32\", got " + show(v));
+          else
+            ctx.raw.tp_dtype = it->second;
+        }},
+       {"tp_overlap_comm", no_effect(Kind::Bool)},
+       {"keep_module_on_host", no_effect(Kind::Bool)},
+       {"replace_with_kernel_inject", read_kernel_inject},
+       {"kernel_inject", read_kernel_inject}},  // alias
+      {{"injection_policy_tuple", kNameBased}, {"partition_config", kNameBased}, {"preset_model", kNameBased}},
+      {}};
+  return s;
+}
+
+void read_tensor_parallel(Ctx& ctx, const Json& v, const std::string& path) {
+  if (!expect_object(ctx, v, path)) return;
+  walk(ctx, v, path, tensor_parallel_section());
+  reject_both(ctx, v, path, "tp", "tensor_parallel");
+  reject_both(ctx, v, path, "replace_with_kernel_inject", "kernel_inject");
+}
+
+// ZeRO keys DeepSpeed users write for stages 1-2 (and the ZeRO-3 ones HF templates carry, which
+// DeepSpeed itself ignores below stage 3): accepted, no effect in autotp.
+const Section& zero_section() {
+  static const Section s = [] {
+    Section z;
+    z.keys.push_back({"stage", [](Ctx& ctx, const Json& v, const std::string& path) {
+                        ctx.raw.stage = read_int(ctx, v, path, 0, "write 1 (ZeRO-1)");
+                        if (ctx.raw.stage && *ctx.raw.stage > 3) {
+                          ctx.add(path, "expected 0, 1, 2 or 3, got " + show(v));
+                          ctx.raw.stage.reset();
+                        }
+                      }});
+    for (const char* k : {"contiguous_gradients", "reduce_scatter", "allgather_partitions", "overlap_comm",
+                          "use_multi_rank_bucket_allreduce", "load_from_fp32_weights", "round_robin_gradients",
+                          "ignore_unused_parameters", "elastic_checkpoint",
+                          "stage3_gather_16bit_weights_on_model_save", "stage3_use_all_reduce_for_fetch_params",
+                          "stage3_allgather_sequential"})
+      z.keys.push_back({k, no_effect(Kind::Bool)});
+    for (const char* k : {"reduce_bucket_size", "allgather_bucket_size", "sub_group_size",
+                          "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+                          "stage3_model_persistence_threshold", "stage3_max_live_parameters",
+                          "stage3_max_reuse_distance", "stage3_module_granularity_threshold"})
+      z.keys.push_back({k, no_effect(Kind::Count)});
+    const std::string offload = "autotp keeps parameters and optimizer state on the GPU; offloading is not "
+                                "implemented: delete it";
+    for (const char* k : {"offload_optimizer", "offload_param", "cpu_offload", "cpu_offload_param",
+                          "cpu_offload_use_pin_memory", "zenflow"})
+      z.rejected[k] = offload;
+    for (const char* k : {"zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_nontrainable_weights",
+                          "zero_quantized_gradients", "zeropp_loco_param", "mics_shard_size",
+                          "mics_hierarchical_params_gather", "memory_efficient_linear", "pipeline_loading_checkpoint",
+                          "override_module_apply", "log_trace_cache_warnings", "enable_sanity_checks",
+                          "save_muon_momentum_buffer_in_memory", "leaf_module"})
+      z.rejected[k] = "a DeepSpeed ZeRO option autotp does not implement: delete it";
+    return z;
+  }();
+  return s;
+}
+
+void read_zero(Ctx& ctx, const Json& v, const std::string& path) {
+  if (v.is_boolean()) {
+    // DeepSpeed still reads the pre-0.3 boolean form, with a deprecation warning.
+    return ctx.add(path, "the boolean form is deprecated in DeepSpeed; write {\"stage\": " +
+                             std::string(v.get<bool>() ? "1" : "0") + "}");
+  }
+  if (expect_object(ctx, v, path)) walk(ctx, v, path, zero_section());
+}
+
+const std::string kFp16 = "autotp trains in bf16 (bf16.enabled) or fp32; fp16 needs loss scaling, which autotp "
+                          "does not implement";
+
+const Section& bf16_section() {
+  static const Section s = [] {
+    Section b;
+    b.keys.push_back({"enabled", [](Ctx& ctx, const Json& v, const std::string& path) {
+                        ctx.raw.bf16 = read_bool(ctx, v, path, "write true for bf16 or false for fp32");
+                        ctx.raw.bf16_bad = !ctx.raw.bf16;
+                      }});
+    b.keys.push_back({"immediate_grad_update", no_effect(Kind::Bool)});
+    b.keys.push_back({"check_grad_overflow", no_effect(Kind::Bool)});
+    for (const char* k : {"bf16_master_weights_and_grads", "bf16_optimizer_states"})
+      b.keys.push_back({k, [](Ctx& ctx, const Json& v, const std::string& path) {
+                          auto on = read_bool(ctx, v, path, "write false");
+                          if (on && *on)
+                            ctx.add(path, "autotp keeps fp32 master weights, gradients and Adam moments: write false");
+                        }});
+    return b;
+  }();
+  return s;
+}
+
+void read_bf16(Ctx& ctx, const Json& v, const std::string& path) {
+  if (expect_object(ctx, v, path)) walk(ctx, v, path, bf16_section());
+}
+
+const Section& fp16_section() {
+  static const Section s = [] {
+    Section f;
+    f.keys.push_back({"enabled", [](Ctx& ctx, const Json& v, const std::string& path) {
+                        auto on = read_bool(ctx, v, path, "write false (" + kFp16 + ")");
+                        if (on && *on) ctx.add(path, kFp16);
+                      }});
+    // Loss-scaling settings: meaningless while fp16 is off, which autotp requires.
+    for (const char* k : {"auto_cast", "consecutive_hysteresis", "fp16_master_weights_and_grads"})
+      f.keys.push_back({k, no_effect(Kind::Bool)});
+    for (const char* k : {"initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale"})
+      f.keys.push_back({k, no_effect(Kind::Count)});
+    f.keys.push_back({"loss_scale", no_effect(Kind::Number)});
+    return f;
+  }();
+  return s;
+}
+
+void read_fp16(Ctx& ctx, const Json& v, const std::string& path) {
+  if (expect_object(ctx, v, path)) walk(ctx, v, path, fp16_section());
+}
+
+// ---- optimizer -----------------------------------------------------------------------------------
+
+// DeepSpeed's DEEPSPEED_OPTIMIZERS and the torch.optim classes it would also accept by name.
+const std::vector<std::string> kOtherOptimizers = {
+    "Adagrad", "Lamb", "OneBitAdam", "ZeroOneAdam", "OneBitLamb", "MuAdam", "MuAdamW", "MuSGD", "Lion", "Muon",
+    "SGD", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "LBFGS", "SparseAdam", "ASGD", "Rprop"};
+
+void read_optimizer_type(Ctx& ctx, const Json& v, const std::string& path) {
+  auto name = read_string(ctx, v, path, "write \"AdamW\"");
+  if (!name) return;
+  // DeepSpeed lower-cases names it implements itself, so "adamw" and "ADAMW" are AdamW too.
+  if (lower(*name) == "adamw") return void(ctx.raw.optimizer_type = "AdamW");
+  if (lower(*name) == "adam") return void(ctx.raw.optimizer_type = "Adam");
+  for (const auto& other : kOtherOptimizers)
+    if (lower(other) == lower(*name))
+      return ctx.add(path, "\"" + *name + "\" is an optimizer autotp does not implement; use \"AdamW\" or \"Adam\"");
+  auto near = closest(*name, {"AdamW", "Adam"});
+  ctx.add(path, "unknown optimizer \"" + *name + "\"" + (near ? "; did you mean " + *near + "?" : "; use \"AdamW\" or \"Adam\""));
+}
+
+const Section& optimizer_params_section() {
+  static const Section s{
+      {{"lr",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          read_slot(ctx.raw.lr, v, [&] { return read_number(ctx, v, path, 0, ""); });
+        }},
+       {"betas",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          if (reject_auto(ctx, v, path, "write [0.9, 0.999] (DeepSpeed's default)")) return;
+          if (!v.is_array() || v.size() != 2) return ctx.add(path, "expected two numbers [beta1, beta2], got " + show(v));
+          ctx.raw.beta1 = read_number(ctx, v[0], path + "[0]", 0, "");
+          ctx.raw.beta2 = read_number(ctx, v[1], path + "[1]", 0, "");
+        }},
+       {"eps",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          ctx.raw.eps = read_number(ctx, v, path, 0, "write a number (DeepSpeed's default is 1e-8)");
+        }},
+       {"weight_decay",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          ctx.raw.weight_decay = read_number(ctx, v, path, 0, "write a number (DeepSpeed's default is 0)");
+        }},
+       {"adam_w_mode",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          ctx.raw.adam_w_mode = read_bool(ctx, v, path, "write true (decoupled weight decay) or false (L2)");
+        }},
+       // Picks torch.optim over DeepSpeed's fused kernel: the same update, different code; it only
+       // changes the default weight_decay (torch.optim.AdamW's is 0.01).
+       {"torch_adam",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          ctx.raw.torch_adam = read_bool(ctx, v, path, "write false");
+        }},
+       {"bias_correction",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          auto on = read_bool(ctx, v, path, "write true");
+          if (on && !*on) ctx.add(path, "autotp always applies Adam's bias correction: write true or delete it");
+        }},
+       {"amsgrad",
+        [](Ctx& ctx, const Json& v, const std::string& path) {
+          auto on = read_bool(ctx, v, path, "write false");
+          // DeepSpeed's FusedAdam raises for amsgrad too.
+          if (on && *on) ctx.add(path, "AMSGrad is not implemented (nor by DeepSpeed's FusedAdam): write false");
+        }}},
+      // DeepSpeed's own error for this key (engine.py _configure_basic_optimizer).
+      {{"max_grad_norm", "not an optimizer parameter; use the top-level gradient_clipping, as DeepSpeed requires"}},
+      {}};
+  return s;
+}
+
+void read_optimizer_params(Ctx& ctx, const Json& v, const std::string& path) {
+  if (expect_object(ctx, v, path)) walk(ctx, v, path, optimizer_params_section());
+}
+
+void read_optimizer(Ctx& ctx, const Json& v, const std::string& path) {
+  if (!expect_object(ctx, v, path)) return;
+  Section s{{{"type", read_optimizer_type},
+             {"params", read_optimizer_params},
+             {"legacy_fusion", no_effect(Kind::Bool)}},
+            {},
+            {}};
+  for (const auto& [name, read] : optimizer_params_section().keys) s.elsewhere[name] = join_path(path, "params." + name);
+  walk(ctx, v, path, s);
+  if (!v.contains("type")) ctx.add(join_path(path, "type"), "missing; write \"AdamW\"");
+}
+
+// ---- scheduler -----------------------------------------------------------------------------------
+
+struct ScheduleName {
+  const char* name;
+  SchedulerType type;
+  std::vector<std::string> params;  // the constructor's keyword arguments autotp accepts
+};
+
+const std::vector<ScheduleName>& schedules() {
+  static const std::vector<ScheduleName> all{
+      {"WarmupLR", SchedulerType::WarmupLR, {"warmup_min_lr", "warmup_max_lr", "warmup_num_steps", "warmup_type"}},
+      {"WarmupDecayLR", SchedulerType::WarmupDecayLR,
+       {"total_num_steps", "warmup_min_lr", "warmup_max_lr", "warmup_num_steps", "warmup_type"}},
+      {"WarmupCosineLR", SchedulerType::WarmupCosineLR,
+       {"total_num_steps", "warmup_min_ratio", "warmup_num_steps", "cos_min_ratio", "warmup_type"}}};
+  return all;
+}
+
+// Schedules DeepSpeed knows that autotp does not implement (its own and torch.optim.lr_scheduler's).
+const std::vector<std::string> kOtherSchedules = {
+    "OneCycle", "LRRangeTest", "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ConstantLR",
+    "LinearLR", "ExponentialLR", "SequentialLR", "CosineAnnealingLR", "ChainedScheduler", "ReduceLROnPlateau",
+    "CyclicLR", "CosineAnnealingWarmRestarts", "OneCycleLR", "PolynomialLR"};
+
+std::optional<SchedulerType> read_schedule_type(Ctx& ctx, const Json& v, const std::string& path) {
+  auto name = read_string(ctx, v, path, "write \"WarmupLR\", \"WarmupDecayLR\" or \"WarmupCosineLR\"");
+  if (!name) return std::nullopt;
+  std::vector<std::string> names;
+  for (const auto& s : schedules()) {
+    if (*name == s.name) return s.type;
+    names.push_back(s.name);
+  }
+  if (std::find(kOtherSchedules.begin(), kOtherSchedules.end(), *name) != kOtherSchedules.end()) {
+    ctx.add(path, "\"" + *name + "\" is a schedule autotp does not implement; use WarmupLR, WarmupDecayLR or WarmupCosineLR");
+    return std::nullopt;
+  }
+  // DeepSpeed looks schedule names up case-sensitively (getattr on lr_schedules).
+  auto near = closest(*name, names);
+  ctx.add(path, "unknown scheduler \"" + *name + "\"" +
+                    (near ? "; did you mean " + *near + "?" : "; use WarmupLR, WarmupDecayLR or WarmupCosineLR"));
+  return std::nullopt;
+}
+
+void read_schedule_param(Ctx& ctx, SchedulerConfig& s, const std::string& key, const Json& v, const std::string& path) {
+  if (key == "warmup_min_lr") {
+    if (auto x = read_number(ctx, v, path, 0, "write a number (DeepSpeed's default is 0)")) s.warmup_min_lr = *x;
+  } else if (key == "warmup_max_lr") {
+    const std::string hint = s.type == SchedulerType::WarmupLR
+                                 ? "write a number, or delete it to warm up to optimizer.params.lr"
+                                 : "write a number (if deleted, DeepSpeed's WarmupDecayLR peaks at 0.001, not at "
+                                   "optimizer.params.lr)";
+    if (auto x = read_number(ctx, v, path, 0, hint)) s.warmup_max_lr = *x;
+  } else if (key == "warmup_num_steps") {
+    // DeepSpeed raises unless this is a positive integer (lr_schedules.py, since 0.19.3).
+    if (auto x = read_int(ctx, v, path, 1, "write a number of optimizer steps (DeepSpeed's default is 1000)"))
+      s.warmup_num_steps = *x;
+  } else if (key == "total_num_steps") {
+    if (auto x = read_int(ctx, v, path, 1, "write the number of optimizer steps the run takes")) s.total_num_steps = *x;
+  } else if (key == "warmup_type") {
+    auto t = read_string(ctx, v, path, "write \"linear\" or \"log\"");
+    if (!t) return;
+    // DeepSpeed warns and falls back to "log" for anything else; a typo should not change the schedule.
+    if (*t == "log") s.warmup_type = WarmupType::Log;
+    else if (*t == "linear") s.warmup_type = WarmupType::Linear;
+    else ctx.add(path, "expected \"log\" or \"linear\", got " + show(v));
+  } else if (key == "warmup_min_ratio") {
+    if (auto x = read_number(ctx, v, path, 0, "write a number (DeepSpeed's default is 0)")) s.warmup_min_ratio = *x;
+  } else if (key == "cos_min_ratio") {
+    if (auto x = read_number(ctx, v, path, 0, "write a number (DeepSpeed's default is 0.0001)")) s.cos_min_ratio = *x;
+  }
+}
+
+void read_schedule_params(Ctx& ctx, SchedulerConfig& s, const ScheduleName& kind, const Json& params,
+                          const std::string& path) {
+  for (const auto& [key, value] : params.items()) {
+    const std::string where = join_path(path, key);
+    if (std::find(kind.params.begin(), kind.params.end(), key) != kind.params.end()) {
+      read_schedule_param(ctx, s, key, value, where);
+      continue;
+    }
+    std::string owners;
+    for (const auto& other : schedules())
+      if (std::find(other.params.begin(), other.params.end(), key) != other.params.end())
+        owners += std::string(owners.empty() ? "" : ", ") + other.name;
+    if (!owners.empty()) {
+      ctx.add(where, "not a parameter of " + std::string(kind.name) + " (it belongs to " + owners + ")");
+    } else if (key == "last_batch_iteration") {
+      ctx.add(where, "resuming is done from a checkpoint, which restores the schedule position: delete it");
+    } else {
+      auto near = closest(key, kind.params);
+      ctx.add(where, "unknown " + std::string(kind.name) + " parameter" + (near ? "; did you mean " + *near + "?" : ""));
+    }
+  }
+}
+
+void read_scheduler(Ctx& ctx, const Json& v, const std::string& path) {
+  if (!expect_object(ctx, v, path)) return;
+  std::optional<SchedulerType> type;
+  const Json* params = nullptr;
+  Section s{{{"type", [&](Ctx& c, const Json& value, const std::string& where) {
+                type = read_schedule_type(c, value, where);
+              }},
+             {"params", [&](Ctx& c, const Json& value, const std::string& where) {
+                if (expect_object(c, value, where)) params = &value;
+              }}},
+            {},
+            {}};
+  for (const auto& kind : schedules())
+    for (const auto& p : kind.params) s.elsewhere[p] = join_path(path, "params." + p);
+  walk(ctx, v, path, s);
+  if (!v.contains("type")) return ctx.add(join_path(path, "type"), "missing; write \"WarmupLR\", \"WarmupDecayLR\" or \"WarmupCosineLR\"");
+  if (!type) return;  // params cannot be judged without knowing whose they are
+  const auto& kind = *std::find_if(schedules().begin(), schedules().end(), [&](const auto& k) { return k.type == *type; });
+  SchedulerConfig sched;
+  sched.type = *type;
+  if (params) read_schedule_params(ctx, sched, kind, *params, join_path(path, "params"));
+  bool needs_total = *type != SchedulerType::WarmupLR;
+  if (needs_total && !(params && params->contains("total_num_steps")))
+    ctx.add(join_path(path, "params.total_num_steps"),
+            std::string("missing; ") + kind.name + " needs the number of optimizer steps the run takes");
+  ctx.raw.scheduler = sched;
+}
+
+// ---- top level -----------------------------------------------------------------------------------
+
+Reader batch_reader(Slot<int64_t> Raw::*slot) {
+  return [slot](Ctx& ctx, const Json& v, const std::string& path) {
+    read_slot(ctx.raw.*slot, v, [&] { return read_int(ctx, v, path, 1, ""); });
+  };
+}
+
+const Section& top_section() {
+  static const Section s = [] {
+    Section t;
+    t.keys = {
+        {"train_batch_size", batch_reader(&Raw::train_batch)},
+        {"train_micro_batch_size_per_gpu", batch_reader(&Raw::micro)},
+        {"gradient_accumulation_steps", batch_reader(&Raw::grad_accum)},
+        {"optimizer", read_optimizer},
+        {"scheduler", read_scheduler},
+        {"bf16", read_bf16},
+        {"bfloat16", read_bf16},  // DeepSpeed's older name, read when bf16 is absent
+        {"fp16", read_fp16},
+        {"zero_optimization", read_zero},
+        {"tensor_parallel", read_tensor_parallel},
+        {"gradient_clipping",
+         [](Ctx& ctx, const Json& v, const std::string& path) {
+           if (auto x = read_number(ctx, v, path, 0, "write a number, e.g. 1.0 (0 turns clipping off)"))
+             ctx.cfg.gradient_clipping = *x;
+         }},
+        {"steps_per_print",
+         [](Ctx& ctx, const Json& v, const std::string& path) {
+           if (auto x = read_int(ctx, v, path, 1, "write how many optimizer steps between log lines"))
+             ctx.cfg.steps_per_print = *x;
+         }},
+        {"seed",
+         [](Ctx& ctx, const Json& v, const std::string& path) {
+           if (auto x = read_int(ctx, v, path, 0, "write a number")) ctx.cfg.seed = *x;
+         }},
+        {"wall_clock_breakdown",
+         [](Ctx& ctx, const Json& v, const std::string& path) {
+           if (auto x = read_bool(ctx, v, path, "write true or false")) ctx.cfg.wall_clock_breakdown = *x;
+         }},
+        {"zero_allow_untested_optimizer", no_effect(Kind::Bool)},
+        {"zero_force_ds_cpu_optimizer", no_effect(Kind::Bool)},
+        {"memory_breakdown", no_effect(Kind::Bool)},
+    };
+    for (const char* k : {"amp", "torch_autocast"})
+      t.rejected[k] = "autotp trains in bf16 (bf16.enabled) or fp32 without autocast: delete it";
+    t.rejected["pipeline"] = "autotp combines tensor and data parallelism only; pipeline parallelism is not "
+                             "implemented: delete it";
+    t.rejected["activation_checkpointing"] = "autotp does not recompute activations: delete it";
+    for (const char* k : {"sequence_parallel_size", "data_parallel_size", "expert_parallel"})
+      t.rejected[k] = "autotp's mesh is tensor_parallel.autotp_size x (world / autotp_size) data parallel: delete it";
+    for (const char* k : {"communication_data_type", "seq_parallel_communication_data_type", "prescale_gradients",
+                          "gradient_predivide_factor", "gradient_allreduce_op", "sparse_gradients", "disable_allgather",
+                          "dump_state", "vocabulary_size", "eigenvalue", "progressive_layer_drop", "flops_profiler",
+                          "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger", "sparse_attention",
+                          "elasticity", "autotuning", "compression_training", "data_efficiency",
+                          "curriculum_learning", "checkpoint", "data_types", "aio", "nebula", "compile",
+                          "hybrid_engine", "dataloader_drop_last", "weight_quantization", "log_level",
+                          "managed_gradient_accumulation", "graph_harvesting", "timers", "quantize_training"})
+      t.rejected[k] = "a DeepSpeed key autotp does not implement: delete it";
+    // Keys people put at the top level that live in a section.
+    for (const char* k : {"tp_size", "autotp_size", "tensor_parallel_size", "tp"})
+      t.elsewhere[k] = "tensor_parallel.autotp_size";
+    for (const char* k : {"stage", "zero_stage"}) t.elsewhere[k] = "zero_optimization.stage";
+    for (const char* k : {"lr", "betas", "eps", "weight_decay", "adam_w_mode"})
+      t.elsewhere[k] = std::string("optimizer.params.") + k;
+    t.elsewhere["learning_rate"] = "optimizer.params.lr";
+    for (const auto& kind : schedules())
+      for (const auto& p : kind.params) t.elsewhere[p] = "scheduler.params." + p;
+    t.elsewhere["max_grad_norm"] = "gradient_clipping";
+    t.elsewhere["micro_batch_size"] = "train_micro_batch_size_per_gpu";
+    return t;
+  }();
+  return s;
+}
+
+// ---- phase 2: what depends on several keys ------------------------------------------------------------
+
+void check_overrides(Ctx& ctx) {
+  const auto& o = ctx.overrides;
+  if (o.world_size && *o.world_size < 1) ctx.add("--world-size", "expected a positive integer, got " + std::to_string(*o.world_size));
+  if (o.micro_batch && *o.micro_batch < 1) ctx.add("--micro-batch", "expected a positive integer, got " + std::to_string(*o.micro_batch));
+  if (o.grad_accum && *o.grad_accum < 1) ctx.add("--grad-accum", "expected a positive integer, got " + std::to_string(*o.grad_accum));
+  if (o.lr && !(*o.lr >= 0)) ctx.add("--lr", "expected a non-negative number, got " + num(*o.lr));
+}
+
+void resolve_tp(Ctx& ctx) {
+  auto& r = ctx.raw;
+  ctx.cfg.tp = std::max<int64_t>(1, r.autotp_size.value_or(1));
+  if (r.tp_size) {
+    if (!r.autotp_size) {
+      // DeepSpeed's training path reads autotp_size only; tp.tp_size alone leaves TP off.
+      ctx.add(r.tp_size_path, "DeepSpeed training reads tensor_parallel.autotp_size (tp.tp_size alone leaves "
+                              "tensor parallelism off): write \"autotp_size\": " + std::to_string(*r.tp_size));
+    } else if (*r.tp_size != ctx.cfg.tp) {
+      ctx.add(r.tp_size_path, std::to_string(*r.tp_size) + " disagrees with tensor_parallel.autotp_size " +
+                                  std::to_string(*r.autotp_size) + ": make them equal or delete tp.tp_size");
+    }
+  }
+  const auto& world = ctx.overrides.world_size;
+  if (world && *world >= 1 && *world % ctx.cfg.tp != 0)
+    ctx.add("tensor_parallel.autotp_size", std::to_string(ctx.cfg.tp) + " does not divide the world size " +
+                                               std::to_string(*world) + " (--world-size): ranks form autotp_size x dp");
+}
+
+void resolve_precision(Ctx& ctx, const Json& root) {
+  auto& r = ctx.raw;
+  if (root.contains("bf16") && root.contains("bfloat16"))
+    ctx.add("bfloat16", "bf16 is DeepSpeed's newer name for this section and the one it reads: delete bfloat16");
+  ctx.cfg.bf16 = r.bf16.value_or(false);
+  if (!r.tp_dtype || r.bf16_bad) return;
+  const std::string& d = *r.tp_dtype;
+  if (d == "fp16") {
+    ctx.add("tensor_parallel.dtype", kFp16);
+  } else if ((d == "bf16") != ctx.cfg.bf16) {
+    ctx.add("tensor_parallel.dtype", "\"" + d + "\" disagrees with bf16.enabled " + (ctx.cfg.bf16 ? "true" : "false") +
+                                         "; autotp takes the training dtype from bf16.enabled: delete dtype");
+  }
+}
+
+void resolve_zero(Ctx& ctx) {
+  if (!ctx.raw.stage) return;
+  ctx.cfg.zero_stage = static_cast<int>(*ctx.raw.stage);
+  if (ctx.cfg.zero_stage != 3) return;
+  if (ctx.cfg.tp > 1) {
+    ctx.add("zero_optimization.stage", "ZeRO-3 partitions and re-gathers every parameter, and AutoTP has already "
+                                       "split them across the TP group; autotp runs ZeRO stage 0-2 with tensor "
+                                       "parallelism: use stage 1");
+  } else {
+    ctx.add("zero_optimization.stage", "autotp does not run ZeRO-3; use stage 1 (ZeRO-3 needs DeepSpeed itself)");
+  }
+  ctx.cfg.zero_stage = 0;
+}
+
+// Takes the flag if given, else the file's number; "auto" with no flag is a problem.
+std::optional<int64_t> pick(Ctx& ctx, const Slot<int64_t>& slot, const std::optional<int64_t>& flag,
+                            const std::string& key, const std::string& flag_name, bool& failed) {
+  if (flag) {
+    if (*flag >= 1) return flag;
+    failed = true;  // check_overrides reports it
+    return std::nullopt;
+  }
+  if (slot.is_auto) {
+    ctx.add(key, kAutoPrefix + "write a number, or pass " + flag_name);
+    failed = true;
+  } else if (slot.present && !slot.value) {
+    failed = true;  // its type problem is already reported
+  }
+  return slot.value;
+}
+
+struct Batch {
+  std::optional<int64_t> train, micro, ga;
+  std::string micro_text, ga_text;  // "train_micro_batch_size_per_gpu 4 (--micro-batch)"
+};
+
+// DeepSpeed's _set_batch_related_parameters + _batch_assertion with dp in place of its world size:
+// autotp's train_batch_size counts distinct samples per optimizer step, and TP peers share samples.
+void resolve_batch_with_dp(Ctx& ctx, Batch b, int64_t world, int64_t dp) {
+  auto& c = ctx.cfg;
+  const std::string dp_text = "dp " + std::to_string(dp) + " (world " + std::to_string(world) + " / autotp_size " +
+                              std::to_string(c.tp) + ")";
+  auto not_multiple = [&](int64_t of, const std::string& what) {
+    ctx.add("train_batch_size", std::to_string(*b.train) + " is not a multiple of " + what + " × " + dp_text + " = " +
+                                    std::to_string(of));
+  };
+  if (b.train && b.micro && b.ga) {
+    int64_t product = *b.micro * *b.ga * dp;
+    if (*b.train != product) {
+      std::string msg = std::to_string(*b.train) + " != " + b.micro_text + " × " + b.ga_text + " × " + dp_text +
+                        " = " + std::to_string(product);
+      if (c.tp > 1 && *b.train == *b.micro * *b.ga * world)
+        msg += "; " + std::to_string(*b.train) + " is DeepSpeed's count over all " + std::to_string(world) +
+               " ranks (TP replicas included, as when no mpu is passed), while autotp counts distinct samples: write " +
+               std::to_string(product) + " or delete train_batch_size";
+      ctx.add("train_batch_size", msg);
+      return;
+    }
+  } else if (b.train && b.micro) {
+    if (*b.train % (*b.micro * dp) != 0) return not_multiple(*b.micro * dp, b.micro_text);
+    b.ga = *b.train / (*b.micro * dp);
+  } else if (b.train) {
+    b.ga = b.ga.value_or(1);
+    if (*b.train % (*b.ga * dp) != 0) return not_multiple(*b.ga * dp, b.ga_text);
+    b.micro = *b.train / (*b.ga * dp);
+  } else {
+    b.ga = b.ga.value_or(1);
+    b.train = *b.micro * *b.ga * dp;
+  }
+  c.micro_batch = *b.micro;
+  c.grad_accum = *b.ga;
+  c.train_batch = *b.train;
+}
+
+// Without the world size only divisibility can be checked; record what is known.
+void resolve_batch_without_dp(Ctx& ctx, const Batch& b) {
+  auto& c = ctx.cfg;
+  c.micro_batch = b.micro.value_or(0);
+  c.grad_accum = b.ga.value_or(b.micro && b.train ? 0 : 1);
+  c.train_batch = b.train.value_or(0);
+  int64_t per_rank = b.micro.value_or(1) * b.ga.value_or(1);
+  if (b.train && (b.micro || b.ga) && *b.train % per_rank != 0) {
+    std::string what = b.micro && b.ga ? b.micro_text + " × " + b.ga_text : (b.micro ? b.micro_text : b.ga_text);
+    ctx.add("train_batch_size", std::to_string(*b.train) + " is not a multiple of " + what + " = " +
+                                    std::to_string(per_rank) + ", so no data-parallel size fits");
+  }
+}
+
+void resolve_batch(Ctx& ctx) {
+  auto& r = ctx.raw;
+  const auto& o = ctx.overrides;
+  bool failed = false;
+  Batch b;
+  b.micro = pick(ctx, r.micro, o.micro_batch, "train_micro_batch_size_per_gpu", "--micro-batch", failed);
+  b.ga = pick(ctx, r.grad_accum, o.grad_accum, "gradient_accumulation_steps", "--grad-accum", failed);
+  b.train = r.train_batch.value;
+  if (r.train_batch.present && !r.train_batch.value && !r.train_batch.is_auto) failed = true;
+  // "auto" here is what the Trainer computes from the other two, so it stands when they do.
+  if (r.train_batch.is_auto && !b.micro && !failed) {
+    ctx.add("train_batch_size", kAutoPrefix + "write a number, or give train_micro_batch_size_per_gpu (or "
+                                              "--micro-batch) and autotp derives it");
+    failed = true;
+  }
+  if (failed) return;
+  if (!b.train && !b.micro) {
+    // DeepSpeed: "Either train_batch_size or train_micro_batch_size_per_gpu needs to be provided".
+    return ctx.add("train_micro_batch_size_per_gpu",
+                   "missing; write it (or train_batch_size), or pass --micro-batch");
+  }
+  b.micro_text = "train_micro_batch_size_per_gpu " + (b.micro ? std::to_string(*b.micro) : "?") +
+                 (o.micro_batch ? " (--micro-batch)" : "");
+  b.ga_text = "gradient_accumulation_steps " + (b.ga ? std::to_string(*b.ga) : "1") +
+              (o.grad_accum ? " (--grad-accum)" : "");
+  const auto& world = o.world_size;
+  if (world && *world >= 1 && *world % ctx.cfg.tp == 0) {
+    ctx.cfg.world_size = *world;
+    ctx.cfg.dp = *world / ctx.cfg.tp;
+    resolve_batch_with_dp(ctx, b, *world, ctx.cfg.dp);
+  } else if (!world) {
+    resolve_batch_without_dp(ctx, b);
+  }
+}
+
+void resolve_optimizer(Ctx& ctx) {
+  auto& r = ctx.raw;
+  auto& opt = ctx.cfg.optimizer;
+  opt.type = r.optimizer_type.value_or("AdamW");
+  // engine.py: effective_adam_w_mode = (name == "adamw") or adam_w_mode (default true).
+  if (opt.type == "AdamW" && r.adam_w_mode == false)
+    ctx.add("optimizer.params.adam_w_mode", "false has no effect on AdamW (DeepSpeed ignores it); for L2-coupled "
+                                            "weight decay write type \"Adam\"");
+  opt.decoupled = opt.type == "AdamW" || r.adam_w_mode.value_or(true);
+  opt.beta1 = r.beta1.value_or(0.9);
+  opt.beta2 = r.beta2.value_or(0.999);
+  opt.eps = r.eps.value_or(1e-8);
+  // DeepSpeed's FusedAdam defaults weight_decay to 0; torch_adam picks torch.optim, whose AdamW says 0.01.
+  opt.weight_decay = r.weight_decay.value_or(r.torch_adam.value_or(false) && opt.decoupled ? 0.01 : 0.0);
+  if (ctx.overrides.lr) {
+    opt.lr = *ctx.overrides.lr;
+  } else if (r.lr.is_auto) {
+    ctx.add("optimizer.params.lr", kAutoPrefix + "write a number, or pass --lr");
+  } else if (r.lr.value) {
+    opt.lr = *r.lr.value;
+  } else if (!r.lr.present) {
+    // DeepSpeed would silently train at FusedAdam's 0.001; the one hyperparameter never to guess.
+    ctx.add("optimizer.params.lr", "missing; write the learning rate, or pass --lr");
+  }
+}
+
+void resolve_scheduler(Ctx& ctx) {
+  if (!ctx.raw.scheduler) return;
+  SchedulerConfig s = *ctx.raw.scheduler;
+  // WarmupDecayLR's constructor defaults warmup_max_lr to 0.001; only WarmupLR falls back to the
+  // optimizer's lr (lr_schedules.py).
+  if (s.type == SchedulerType::WarmupDecayLR && !s.warmup_max_lr) s.warmup_max_lr = 0.001;
+  ctx.cfg.scheduler = s;
+}
+
+// ---- parsing -------------------------------------------------------------------------------------------
+
+// nlohmann keeps the last of two equal keys; DeepSpeed refuses them (dict_raise_error_on_duplicate_keys).
+// The parser callback sees each key with its nesting, enough to name the duplicate's path.
+class DuplicateKeys {
+ public:
+  explicit DuplicateKeys(std::vector<ConfigProblem>& out) : out_(out) {}
+  bool operator()(int, Json::parse_event_t event, Json& parsed) {
+    using E = Json::parse_event_t;
+    if (event == E::object_start || event == E::array_start) {
+      frames_.push_back({event == E::object_start, {}, {}, 0});
+    } else if (event == E::key) {
+      auto& f = frames_.back();
+      f.key = parsed.get<std::string>();
+      if (!f.keys.insert(f.key).second) out_.push_back({path(), "duplicate key; DeepSpeed refuses a config that repeats one"});
+    } else if (event == E::object_end || event == E::array_end) {
+      frames_.pop_back();
+      element_done();
+    } else if (event == E::value) {
+      element_done();
+    }
+    return true;
+  }
+
+ private:
+  struct Frame {
+    bool object;
+    std::set<std::string> keys;
+    std::string key;
+    size_t index;
+  };
+  void element_done() {
+    if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
+  }
+  std::string path() const {
+    std::string p;
+    for (const auto& f : frames_) p = f.object ? join_path(p, f.key) : p + "[" + std::to_string(f.index) + "]";
+    return p;
+  }
+  std::vector<Frame> frames_;
+  std::vector<ConfigProblem>& out_;
+};
+
+// "line 3, column 14: syntax error while parsing object - ...": nlohmann's message without its
+// "[json.exception.parse_error.101] parse error at " prefix.
+std::string syntax_problem(const nlohmann::json::parse_error& e) {
+  std::string what = e.what();
+  size_t at = what.find("at line ");
+  return at == std::string::npos ? what : what.substr(at + 3);
+}
+
+std::optional<Json> parse_json(const std::string& text, std::vector<ConfigProblem>& problems) {
+  try {
+    return Json::parse(text, DuplicateKeys(problems), /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    problems.push_back({"", one_line(syntax_problem(e))});
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+// ---- public API ------------------------------------------------------------------------------------
+
+const char* scheduler_type_name(SchedulerType t) {
+  switch (t) {
+    case SchedulerType::WarmupLR: return "WarmupLR";
+    case SchedulerType::WarmupDecayLR: return "WarmupDecayLR";
+    case SchedulerType::WarmupCosineLR: return "WarmupCosineLR";
+  }
+  return "?";
+}
+
+std::string format_problems(const std::string& source, const std::vector<ConfigProblem>& problems) {
+  std::string out;
+  for (const auto& p : problems) {
+    if (!out.empty()) out += "\n";
+    out += source + ": " + (p.path.empty() ? "" : p.path + ": ") + p.message;
+  }
+  return out;
+}
+
+std::string ConfigResult::message() const { return format_problems(config.source, problems); }
+
+ConfigResult validate_config_text(const std::string& text, const std::string& source_name,
+                                  const ConfigOverrides& overrides) {
+  ConfigResult result;
+  result.config.source = source_name;
+  auto root = parse_json(text, result.problems);
+  if (!root) return result;
+  if (!root->is_object()) {
+    result.problems.push_back({"", "expected a JSON object {...} at the top level, got " + show(*root)});
+    return result;
+  }
+  Ctx ctx{overrides, result.config, {}, std::move(result.problems)};
+  walk(ctx, *root, "", top_section());
+  check_overrides(ctx);
+  resolve_tp(ctx);
+  resolve_precision(ctx, *root);
+  resolve_zero(ctx);
+  resolve_optimizer(ctx);
+  resolve_scheduler(ctx);
+  resolve_batch(ctx);
+  result.problems = std::move(ctx.problems);
+  return result;
+}
+
+ConfigResult validate_config_file(const std::string& path, const ConfigOverrides& overrides) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::string problem;
+  if (!fs::exists(path, ec)) problem = "no such file; pass a DeepSpeed-style JSON config (see configs/README.md)";
+  else if (fs::is_directory(path, ec)) problem = "is a directory; pass a DeepSpeed-style JSON config file";
+  std::ifstream in(path, std::ios::binary);
+  if (problem.empty() && !in) problem = "cannot be read";
+  if (!problem.empty()) {
+    ConfigResult result;
+    result.config.source = path;
+    result.problems.push_back({"", problem});
+    return result;
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return validate_config_text(text.str(), path, overrides);
+}
+
+TrainConfig parse_config_text(const std::string& text, const std::string& source_name,
+                              const ConfigOverrides& overrides) {
+  ConfigResult r = validate_config_text(text, source_name, overrides);
+  if (!r.ok()) throw Error(r.message());
+  return r.config;
+}
+
+TrainConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
+  ConfigResult r = validate_config_file(path, overrides);
+  if (!r.ok()) throw Error(r.message());
+  return r.config;
+}
+
+// ---- learning-rate schedules: deepspeed/runtime/lr_schedules.py, formula for formula ------------------
+
+namespace {
+
+// WarmupLR._get_gamma / WarmupCosineLR's warmup branch, for step < warmup steps.
+double warmup_fraction(const SchedulerConfig& s, int64_t step, int64_t warmup) {
+  if (s.warmup_type == WarmupType::Log) return std::log(static_cast<double>(step + 1)) / std::log(static_cast<double>(warmup));
+  return static_cast<double>(step) / static_cast<double>(warmup);
+}
+
+}  // namespace
+
+double lr_at(const SchedulerConfig& s, double base_lr, int64_t step) {
+  const int64_t warmup = std::max<int64_t>(2, s.warmup_num_steps);  // DeepSpeed: max(2, warmup_num_steps)
+  if (s.type == SchedulerType::WarmupCosineLR) {
+    if (step < 0) return 0.0;  // get_lr() before the first step() returns 0.0 for every group
+    double ratio;
+    if (step < warmup) {
+      ratio = s.warmup_min_ratio + warmup_fraction(s, step, warmup) * (1.0 - s.warmup_min_ratio);
+    } else {
+      double real_last_step = static_cast<double>(step - warmup + 1);
+      double real_total_steps = static_cast<double>(std::max<int64_t>(1, s.total_num_steps - warmup));
+      double progress = std::min(1.0, real_last_step / real_total_steps);  // clamped since 0.19.3
+      const double pi = std::acos(-1.0);  // Python's math.pi
+      ratio = std::max(0.0, s.cos_min_ratio + (1.0 - s.cos_min_ratio) * (1.0 + std::cos(pi * progress)) / 2.0);
+    }
+    return base_lr * ratio;
+  }
+  const double min_lr = s.warmup_min_lr;
+  const double max_lr = s.warmup_max_lr.value_or(s.type == SchedulerType::WarmupDecayLR ? 0.001 : base_lr);
+  if (step < 0) return min_lr;  // WarmupLR.get_lr() before the first step() returns min_lrs
+  double gamma;
+  if (step < warmup) {
+    gamma = warmup_fraction(s, step, warmup);
+  } else if (s.type == SchedulerType::WarmupLR) {
+    gamma = 1.0;
+  } else {
+    gamma = std::max(0.0, static_cast<double>(s.total_num_steps - step) /
+                              std::max(1.0, static_cast<double>(s.total_num_steps - warmup)));
+  }
+  return min_lr + (max_lr - min_lr) * gamma;
+}
+
+double lr_for_update(const TrainConfig& c, int64_t update) {
+  return c.scheduler ? lr_at(*c.scheduler, c.optimizer.lr, update - 1) : c.optimizer.lr;
+}
+
+// ---- output --------------------------------------------------------------------------------------------
+
+std::string TrainConfig::to_json() const {
+  Json j;
+  if (train_batch > 0) j["train_batch_size"] = train_batch;
+  if (micro_batch > 0) j["train_micro_batch_size_per_gpu"] = micro_batch;
+  if (grad_accum > 0) j["gradient_accumulation_steps"] = grad_accum;
+  Json params{{"lr", optimizer.lr},
+              {"betas", {optimizer.beta1, optimizer.beta2}},
+              {"eps", optimizer.eps},
+              {"weight_decay", optimizer.weight_decay}};
+  if (optimizer.type == "Adam") params["adam_w_mode"] = optimizer.decoupled;
+  j["optimizer"] = {{"type", optimizer.type}, {"params", params}};
+  if (scheduler) {
+    const auto& s = *scheduler;
+    Json p;
+    if (s.type != SchedulerType::WarmupLR) p["total_num_steps"] = s.total_num_steps;
+    if (s.type == SchedulerType::WarmupCosineLR) {
+      p["warmup_min_ratio"] = s.warmup_min_ratio;
+      p["cos_min_ratio"] = s.cos_min_ratio;
+    } else {
+      p["warmup_min_lr"] = s.warmup_min_lr;
+      if (s.warmup_max_lr) p["warmup_max_lr"] = *s.warmup_max_lr;
+    }
+    p["warmup_num_steps"] = s.warmup_num_steps;
+    p["warmup_type"] = s.warmup_type == WarmupType::Log ? "log" : "linear";
+    j["scheduler"] = {{"type", scheduler_type_name(s.type)}, {"params", p}};
+  }
+  j["bf16"] = {{"enabled", bf16}};
+  j["zero_optimization"] = {{"stage", zero_stage}};
+  j["tensor_parallel"] = {{"autotp_size", tp}};
+  j["gradient_clipping"] = gradient_clipping;
+  j["steps_per_print"] = steps_per_print;
+  j["seed"] = seed;
+  j["wall_clock_breakdown"] = wall_clock_breakdown;
+  return j.dump(2);
+}
+
+namespace {
+
+std::string describe_schedule(const TrainConfig& c) {
+  if (!c.scheduler) return "constant lr " + num(c.optimizer.lr);
+  const auto& s = *c.scheduler;
+  const int64_t warmup = std::max<int64_t>(2, s.warmup_num_steps);
+  const std::string kind = s.warmup_type == WarmupType::Log ? "log" : "linear";
+  std::string out = std::string(scheduler_type_name(s.type)) + ": " + kind + " warmup over " + std::to_string(warmup) + " steps";
+  if (s.type == SchedulerType::WarmupCosineLR)
+    return out + " from " + num(s.warmup_min_ratio) + " x lr to lr " + num(c.optimizer.lr) + ", cosine to " +
+           num(s.cos_min_ratio) + " x lr at step " + std::to_string(s.total_num_steps);
+  double peak = s.warmup_max_lr.value_or(c.optimizer.lr);
+  out += " from " + num(s.warmup_min_lr) + " to " + num(peak);
+  if (peak != c.optimizer.lr)
+    out += " (warmup_max_lr" + std::string(s.type == SchedulerType::WarmupDecayLR && peak == 0.001 ? ", DeepSpeed's default" : "") +
+           "; optimizer lr " + num(c.optimizer.lr) + " is not used)";
+  if (s.type == SchedulerType::WarmupDecayLR) out += ", then linear decay to 0 at step " + std::to_string(s.total_num_steps);
+  return out;
+}
+
+std::string describe_batch(const TrainConfig& c) {
+  const std::string ga = std::to_string(c.grad_accum);
+  if (c.dp > 0) {
+    std::string out = std::to_string(c.train_batch) + " samples per optimizer step = micro " +
+                      std::to_string(c.micro_batch) + " x grad_accum " + ga + " x dp " + std::to_string(c.dp);
+    if (c.tp > 1)
+      out += "\n             (DeepSpeed without an mpu counts TP replicas too and would call this train_batch_size " +
+             std::to_string(c.train_batch * c.tp) + ")";
+    return out;
+  }
+  if (c.train_batch > 0 && c.micro_batch > 0 && c.grad_accum > 0) {
+    int64_t dp = c.train_batch / (c.micro_batch * c.grad_accum);
+    return "train_batch_size " + std::to_string(c.train_batch) + " = micro " + std::to_string(c.micro_batch) +
+           " x grad_accum " + ga + " x dp " + std::to_string(dp) + ", so world size must be " + std::to_string(dp * c.tp);
+  }
+  std::string m = c.micro_batch > 0 ? std::to_string(c.micro_batch) : "?";
+  std::string g = c.grad_accum > 0 ? ga : "?";
+  std::string t = c.train_batch > 0 ? std::to_string(c.train_batch) : "micro " + m + " x grad_accum " + g + " x dp";
+  return "train_batch_size " + t + " (pass --world-size to resolve dp and check the arithmetic)";
+}
+
+std::string describe_zero(const TrainConfig& c) {
+  const std::string over = c.dp > 0 ? "dp " + std::to_string(c.dp) : "the dp group";
+  switch (c.zero_stage) {
+    case 0: return "stage 0: optimizer state replicated on every rank; gradients all-reduced over " + over;
+    case 1: return "stage 1: fp32 master weights and Adam moments partitioned over " + over +
+                   "; gradients reduced once per optimizer step, updated weights all-gathered";
+    default: return "stage 2: fp32 master weights, Adam moments and gradients partitioned over " + over;
+  }
+}
+
+}  // namespace
+
+std::string check_report(const TrainConfig& c) {
+  std::ostringstream out;
+  const auto& o = c.optimizer;
+  out << c.source << ": ok\n";
+  out << "  mesh       tp " << c.tp << " x dp " << (c.dp > 0 ? std::to_string(c.dp) : "?") << " = world "
+      << (c.world_size > 0 ? std::to_string(c.world_size) : "?") << " (TP groups: consecutive ranks)\n";
+  out << "  batch      " << describe_batch(c) << "\n";
+  out << "  optimizer  " << o.type << " lr " << num(o.lr) << ", betas (" << num(o.beta1) << ", " << num(o.beta2)
+      << "), eps " << num(o.eps) << ", weight_decay " << num(o.weight_decay)
+      << (o.decoupled ? " (decoupled weight decay)" : " (L2 weight decay, added to the gradient)") << "\n";
+  out << "  schedule   " << describe_schedule(c) << "\n";
+  out << "  precision  " << (c.bf16 ? "bf16 weights, activations and gradients; fp32 master weights" : "fp32") << "\n";
+  out << "  ZeRO       " << describe_zero(c) << "\n";
+  out << "  clipping   " << (c.gradient_clipping > 0 ? "global gradient norm " + num(c.gradient_clipping) : "off") << "\n";
+  out << "  logging    every " << c.steps_per_print << " steps; seed " << c.seed << "\n";
+  if (!c.no_effect.empty()) {
+    out << "  no effect ";
+    for (size_t i = 0; i < c.no_effect.size(); ++i) out << (i ? ", " : " ") << c.no_effect[i];
+    out << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace autotp
