@@ -109,6 +109,24 @@ TEST(Verify, SmolLM2AtTp3) {
   EXPECT_EQ(rep.tp_by_site.at("reduce_from_tp.forward").calls, 60);
 }
 
+// bf16 weights and activations on both sides (the scripted reference; traced HF graphs bake fp32
+// casts and cannot run in bf16). Measured: logits 7.5e-3, loss 9e-5, gradients 1.5e-2 -- two to
+// four bf16 units (2^-8) of the largest value; the bound 3e-2 is verify's bf16 tolerance.
+TEST(Verify, Bf16WithinItsTolerance) {
+  for (int tp : {2, 4}) {
+    autotp::VerifyOptions o;
+    o.tp = tp;
+    o.dtype = "bf16";
+    auto rep = autotp::verify_threads(fixture("ref_script"), o);
+    EXPECT_EQ(rep.tolerance, 3e-2);
+    EXPECT_LE(rep.logits_rel, 3e-2);
+    EXPECT_LE(rep.loss_rel, 1e-3);
+    EXPECT_LE(rep.grads_rel, 3e-2) << rep.worst_grad;
+    EXPECT_GT(rep.logits_rel, 0);  // really bf16: not bit-equal like a no-op would be
+    EXPECT_EQ(rep.grads_compared, 21);
+  }
+}
+
 // The scripted model reads its head counts from attributes: a batch and sequence other than the
 // example's still run (the traced models are fixed to their traced shape).
 TEST(Verify, ScriptedModelOnAnotherBatchShape) {
