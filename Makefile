@@ -1,5 +1,5 @@
 # Entry points (README). Each target does all set-up first; all of them are idempotent.
-#   make run    set up, build, and inspect the bundled SmolLM2-135M-Instruct at tp=3
+#   make run    set up, build, and fine-tune the bundled SmolLM2-135M-Instruct with tp=3 + ZeRO-1
 #   make test   set up, build, and run every test
 #   make bench  set up, build, and run the benchmarks (not part of the tests)
 BUILD ?= build
@@ -14,8 +14,13 @@ build: setup
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > $(BUILD).configure.log 2>&1 || (cat $(BUILD).configure.log; exit 1)
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# The main job: fine-tune SmolLM2-135M-Instruct with AutoTP over 3 ranks + ZeRO-1 on the bundled
+# data (data/demo.jsonl, tokenized by the build) and show the loss going down.
 run: build
-	$(BUILD)/autotp inspect $(BUILD)/fixtures/smollm2.pt --tp 3
+	$(BUILD)/autotp inspect $(BUILD)/fixtures/smollm2.pt --tp 3 | tail -4
+	.venv/bin/torchrun --standalone --nproc_per_node 3 --no-python $(BUILD)/autotp train \
+	  --config configs/smollm2_tp3.json --model $(BUILD)/fixtures/smollm2.pt --data $(BUILD)/data/demo.tokens \
+	  --steps 30 --seq 32 --out $(BUILD)/smollm2_tp3 --metrics $(BUILD)/smollm2_tp3.jsonl
 
 test: build
 	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure
@@ -23,6 +28,7 @@ test: build
 bench: build
 	@cmake --build $(BUILD) --target autotp_bench -j $(JOBS)
 	$(BUILD)/autotp_bench --benchmark_report_aggregates_only=true
+	BUILD=$(BUILD) .venv/bin/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log

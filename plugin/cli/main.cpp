@@ -3,6 +3,7 @@
 //   autotp rewrite MODEL.pt --tp N --out DIR
 //   autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X]
 //   autotp check   CONFIG.json [--world-size W]
+//   autotp train   --config C.json --model M.pt --data D.tokens [--steps N] ...
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,9 @@
 #include "autotp/rewrite.h"
 #include "autotp/verify.h"
 #include "runtime/config.h"
+#include "runtime/trainer.h"
+
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 namespace {
 
@@ -22,6 +26,8 @@ const char* kUsage =
     "usage: autotp inspect MODEL.pt [--tp N] [--json]\n"
     "       autotp rewrite MODEL.pt --tp N --out DIR\n"
     "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]\n"
+    "       autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--seq S] [--out DIR]\n"
+    "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X]\n"
     "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param]\n"
     "  inspect  plan tensor parallelism for a TorchScript model: placement of every parameter,\n"
     "           sizes to rescale, collectives to insert, bytes per rank, valid tp sizes.\n"
@@ -33,7 +39,9 @@ const char* kUsage =
     "           Ranks are threads; under torchrun (WORLD_SIZE set) each process is one rank.\n"
     "  check    validate a DeepSpeed-style training config (configs/README.md): every problem, one per\n"
     "           line; or a summary of mesh, batch arithmetic, optimizer, schedule and ZeRO stage.\n"
-    "           --world-size W resolves dp = W / autotp_size and checks train_batch_size.\n";
+    "           --world-size W resolves dp = W / autotp_size and checks train_batch_size.\n"
+    "  train    AutoTP + ZeRO-1 training; launch with torchrun (torchrun --nproc_per_node N --no-python\n"
+    "           build/autotp train ...); without torchrun it runs as one rank.\n";
 
 int parse_int(const std::string& flag, const std::string& text) {
   try {
@@ -195,6 +203,46 @@ int cmd_check(const std::vector<std::string>& args) {
   return 0;
 }
 
+// autotp train --config C.json --model M.pt --data D.tokens [--steps N] [--seq S] [--out DIR]
+//              [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X]
+int cmd_train(const std::vector<std::string>& args) {
+  autotp::TrainOptions o;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--config") o.config_path = value_of(args, i, "configs/zero1_tp2.json");
+    else if (a == "--model") o.model_path = value_of(args, i, "MODEL.pt");
+    else if (a == "--data") o.data_path = value_of(args, i, "DATA.tokens");
+    else if (a == "--steps") o.steps = parse_int(a, value_of(args, i, "20"));
+    else if (a == "--seq") o.seq = parse_int(a, value_of(args, i, "64"));
+    else if (a == "--out") o.out_dir = value_of(args, i, "DIR");
+    else if (a == "--metrics") o.metrics_path = value_of(args, i, "metrics.jsonl");
+    else if (a == "--micro-batch") o.overrides.micro_batch = parse_int(a, value_of(args, i, "4"));
+    else if (a == "--grad-accum") o.overrides.grad_accum = parse_int(a, value_of(args, i, "2"));
+    else if (a == "--lr") o.overrides.lr = parse_double(a, value_of(args, i, "3e-4"));
+    else if (a == "--quiet") o.quiet = true;
+    else
+      throw autotp::Error("train: unknown argument '" + a + "'; usage: autotp train --config C.json --model M.pt --data D.tokens "
+                          "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X]");
+  }
+  if (o.config_path.empty() || o.model_path.empty() || o.data_path.empty())
+    throw autotp::Error("train: --config, --model and --data are required; usage: autotp train --config C.json --model M.pt --data D.tokens");
+  if (o.seq < 1) throw autotp::Error("train: --seq must be at least 1");
+  const char* ws = std::getenv("WORLD_SIZE");
+  const int64_t world = ws ? parse_int("WORLD_SIZE", ws) : 1;
+  autotp::TrainConfig cfg = autotp::load_train_config(o, world);
+  autotp::MeshOptions mo;
+  mo.tp = static_cast<int>(cfg.tp);
+  std::shared_ptr<autotp::Mesh> mesh;
+  if (ws) {
+    mesh = autotp::init_mesh_from_env(mo);
+  } else {
+    mesh = autotp::Mesh::create(c10::make_intrusive<c10d::HashStore>(), 0, 1, mo);
+    autotp::set_process_mesh(mesh);
+  }
+  autotp::train(o, *mesh);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,7 +258,8 @@ int main(int argc, char** argv) {
     if (cmd == "rewrite") return cmd_rewrite(rest);
     if (cmd == "verify") return cmd_verify(rest);
     if (cmd == "check") return cmd_check(rest);
-    throw autotp::Error("unknown command '" + cmd + "'; commands: inspect, rewrite, verify, check");
+    if (cmd == "train") return cmd_train(rest);
+    throw autotp::Error("unknown command '" + cmd + "'; commands: inspect, rewrite, verify, check, train");
   } catch (const autotp::Error& e) {
     std::cerr << "autotp: error: " << e.what() << "\n";
     return 1;

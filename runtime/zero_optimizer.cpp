@@ -1,0 +1,133 @@
+// ZeRO-1 AdamW (see zero_optimizer.h for the layout and the step).
+#include "runtime/zero_optimizer.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "autotp/error.h"
+
+namespace autotp {
+
+ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shared_ptr<Group> dp,
+                                   std::shared_ptr<Group> tp, const OptimizerConfig& options, int zero_stage,
+                                   double gradient_clipping)
+    : params_(std::move(params)), dp_(std::move(dp)), tp_(std::move(tp)), opt_(options), stage_(zero_stage),
+      clip_(gradient_clipping) {
+  if (stage_ != 0 && stage_ != 1)
+    throw Error("zero_optimization.stage " + std::to_string(stage_) +
+                ": autotp runs stage 0 (no partitioning) or 1 (optimizer state partitioned over data-parallel "
+                "ranks); write 1");
+  for (const auto& p : params_) {
+    offsets_.push_back(flat_);
+    flat_ += p.param.numel();
+  }
+  const int64_t dp_size = dp_->size();
+  padded_ = (flat_ + dp_size - 1) / dp_size * dp_size;
+  partition_ = stage_ == 1 ? padded_ / dp_size : padded_;
+  begin_ = stage_ == 1 ? dp_->rank() * partition_ : 0;
+
+  at::NoGradGuard no_grad;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor full = at::zeros({padded_}, f32);
+  at::Tensor weight = at::zeros({padded_}, f32);
+  const float replicated_weight = 1.0f / static_cast<float>(tp_->size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const int64_t n = params_[i].param.numel();
+    full.narrow(0, offsets_[i], n).copy_(params_[i].param.detach().reshape({-1}));
+    weight.narrow(0, offsets_[i], n).fill_(params_[i].tp_split ? 1.0f : replicated_weight);
+  }
+  master_ = full.narrow(0, begin_, partition_).clone();
+  norm_weight_ = weight.narrow(0, begin_, partition_).clone();
+  exp_avg_ = at::zeros({partition_}, f32);
+  exp_avg_sq_ = at::zeros({partition_}, f32);
+}
+
+at::Tensor ZeroOneOptimizer::flat_grads() const {
+  at::Tensor g = at::zeros({padded_}, at::TensorOptions().dtype(at::kFloat));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& grad = params_[i].param.grad();
+    if (grad.defined()) g.narrow(0, offsets_[i], grad.numel()).copy_(grad.reshape({-1}));
+  }
+  return g;
+}
+
+StepStats ZeroOneOptimizer::step(double lr) {
+  at::NoGradGuard no_grad;
+  StepStats stats;
+  step_ += 1;
+  const double dp_size = static_cast<double>(dp_->size());
+
+  // 1. mean gradient of the owned partition
+  at::Tensor all = flat_grads();
+  at::Tensor grad;
+  if (stage_ == 1) {
+    grad = at::empty({partition_}, all.options());
+    dp_->reduce_scatter_flat(grad, all, "zero1.reduce_scatter_grads");
+  } else {
+    dp_->all_reduce(all, c10d::ReduceOp::SUM, "zero0.all_reduce_grads");
+    grad = all;
+  }
+  grad.div_(dp_size);
+
+  // 2. global norm: each element once over TP x DP
+  at::Tensor sq = (grad.to(at::kDouble).square() * norm_weight_.to(at::kDouble)).sum().reshape({1});
+  if (stage_ == 1) dp_->all_reduce(sq, c10d::ReduceOp::SUM, "zero1.grad_norm");
+  tp_->all_reduce(sq, c10d::ReduceOp::SUM, "zero1.grad_norm");
+  stats.grad_norm = std::sqrt(sq.item<double>());
+
+  // 3. clipping, as torch::nn::utils::clip_grad_norm_
+  if (clip_ > 0) {
+    stats.clip_coef = std::min(1.0, clip_ / (stats.grad_norm + 1e-6));
+    grad.mul_(stats.clip_coef);
+  }
+
+  // 4. AdamW / Adam on the owned partition, op for op as torch::optim::AdamW / Adam
+  const double b1 = opt_.beta1, b2 = opt_.beta2;
+  const double bc1 = 1 - std::pow(b1, static_cast<double>(step_));
+  const double bc2 = 1 - std::pow(b2, static_cast<double>(step_));
+  if (opt_.weight_decay != 0) {
+    if (opt_.decoupled)
+      master_.mul_(1 - lr * opt_.weight_decay);
+    else
+      grad = grad.add(master_, opt_.weight_decay);
+  }
+  exp_avg_.mul_(b1).add_(grad, 1 - b1);
+  exp_avg_sq_.mul_(b2).addcmul_(grad, grad, 1 - b2);
+  at::Tensor denom = (exp_avg_sq_.sqrt() / std::sqrt(bc2)).add_(opt_.eps);
+  master_.addcdiv_(exp_avg_, denom, -lr / bc1);
+
+  // 5. every rank's model gets every updated partition
+  at::Tensor full;
+  if (stage_ == 1) {
+    full = at::empty({padded_}, master_.options());
+    dp_->all_gather_flat(full, master_, "zero1.all_gather_params");
+  } else {
+    full = master_;
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i].param;
+    p.copy_(full.narrow(0, offsets_[i], p.numel()).view(p.sizes()));
+  }
+  return stats;
+}
+
+void ZeroOneOptimizer::zero_grad() {
+  for (auto& p : params_) p.param.mutable_grad() = at::Tensor();
+}
+
+OptimizerBytes ZeroOneOptimizer::bytes() const {
+  OptimizerBytes b;
+  b.flat = flat_;
+  b.padded = padded_;
+  b.partition = partition_;
+  b.state = 3 * partition_ * static_cast<int64_t>(sizeof(float));
+  for (const auto& p : params_) {
+    b.params += p.param.numel() * p.param.element_size();
+    b.grads += p.param.numel() * p.param.element_size();  // gradients match their parameter
+  }
+  return b;
+}
+
+}  // namespace autotp
