@@ -22,11 +22,9 @@ namespace {
 
 const std::string kModel = std::string(AUTOTP_FIXTURES_DIR) + "/smollm2.pt";
 
-at::Tensor logits_of(const c10::IValue& v) { return v.isTuple() ? v.toTupleRef().elements()[0].toTensor() : v.toTensor(); }
-
 double step(torch::jit::Module& m, const at::Tensor& ids, bool vocab_parallel) {
   auto t0 = std::chrono::steady_clock::now();
-  at::Tensor logits = logits_of(m.forward({ids}));
+  at::Tensor logits = autotp::logits_of(m.forward({ids}));
   at::Tensor shifted = logits.narrow(1, 0, logits.size(1) - 1);
   at::Tensor labels = ids.narrow(1, 1, ids.size(1) - 1);
   at::Tensor loss = vocab_parallel ? autotp::vocab_parallel_cross_entropy(shifted, labels, -100, "tp", 1).mean()

@@ -242,6 +242,25 @@ torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan,
   return out;
 }
 
+namespace {
+at::Tensor first_tensor(const c10::IValue& v) {
+  if (v.isTensor()) return v.toTensor();
+  if (v.isTuple())
+    for (const auto& e : v.toTupleRef().elements())
+      if (auto t = first_tensor(e); t.defined()) return t;
+  if (v.isList())
+    for (const auto& e : v.toListRef())
+      if (auto t = first_tensor(e); t.defined()) return t;
+  return {};
+}
+}  // namespace
+
+at::Tensor logits_of(const c10::IValue& output) {
+  at::Tensor t = first_tensor(output);
+  if (!t.defined()) throw Error("the model's forward returned no tensor; autotp needs the logits as its output or first element");
+  return t;
+}
+
 RewriteInfo rewrite_info(const torch::jit::Module& module) {
   RewriteInfo info;
   if (!module.hasattr("autotp_tp")) return info;

@@ -30,21 +30,9 @@ struct StepResult {
   std::map<std::string, at::Tensor> grads;
 };
 
-at::Tensor first_tensor(const c10::IValue& v) {
-  if (v.isTensor()) return v.toTensor();
-  if (v.isTuple())
-    for (const auto& e : v.toTupleRef().elements())
-      if (auto t = first_tensor(e); t.defined()) return t;
-  if (v.isList())
-    for (const auto& e : v.toListRef())
-      if (auto t = first_tensor(e); t.defined()) return t;
-  return {};
-}
-
 StepResult step(torch::jit::Module& module, const Batch& b, bool vocab_split, int tp) {
   StepResult r;
-  at::Tensor logits = first_tensor(module.forward({b.ids}));
-  if (!logits.defined()) throw Error("verify: the model's forward returned no tensor");
+  at::Tensor logits = logits_of(module.forward({b.ids}));
   at::Tensor shifted = logits.narrow(1, 0, logits.size(1) - 1);
   at::Tensor loss = vocab_split
                         ? vocab_parallel_cross_entropy(shifted, b.labels, -100, "tp", tp).mean()

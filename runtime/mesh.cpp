@@ -64,7 +64,7 @@ std::shared_ptr<Group> make_group(const c10::intrusive_ptr<c10d::Store>& store, 
   // A group of one needs no backend: its collectives are identities.
   c10::intrusive_ptr<c10d::Backend> backend;
   if (ranks.size() > 1) backend = make_backend(store, prefix, me, static_cast<int>(ranks.size()), options);
-  auto g = std::make_shared<Group>(name, ranks, me, backend);
+  auto g = std::make_shared<Group>(name, ranks, me, backend, options.device);
   std::lock_guard<std::mutex> lock(g_registry_mu);
   g_registry[g->id()] = g;
   return g;
@@ -91,8 +91,10 @@ std::string env_str(const char* name, const std::string& fallback) {
 
 // ---- Group -----------------------------------------------------------------------------------------
 
-Group::Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend)
-    : name_(std::move(name)), ranks_(std::move(ranks)), rank_(rank), id_(g_next_id++), backend_(std::move(backend)) {}
+Group::Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend,
+             c10::DeviceType device)
+    : name_(std::move(name)), ranks_(std::move(ranks)), rank_(rank), id_(g_next_id++), backend_(std::move(backend)),
+      device_(device) {}
 
 void Group::count(const std::string& kind, const std::string& site, int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -158,9 +160,9 @@ void Group::broadcast(at::Tensor& t, int root, const std::string& site) {
 
 void Group::barrier() {
   if (size() == 1) return;
-  // A one-element all-reduce rather than Backend::barrier: gloo's barrier needs no tensor but
-  // NCCL's picks a device from the rank; this works for both and is not counted as traffic.
-  auto t = at::zeros({1}, at::TensorOptions().device(c10::Device(c10::DeviceType::CPU)));
+  // A one-element all-reduce on the group's device rather than Backend::barrier (NCCL's guesses a
+  // device from the rank); not counted as traffic.
+  auto t = at::zeros({1}, at::TensorOptions().device(c10::Device(device_)));
   std::vector<at::Tensor> ts{t};
   backend_->allreduce(ts)->wait();
 }

@@ -26,12 +26,6 @@
 namespace autotp {
 namespace {
 
-at::Tensor logits_of(const c10::IValue& v) {
-  if (v.isTensor()) return v.toTensor();
-  if (v.isTuple() && !v.toTupleRef().elements().empty()) return logits_of(v.toTupleRef().elements()[0]);
-  throw Error("train: the model's forward returns neither a tensor nor a tuple starting with one");
-}
-
 std::vector<TrainableParam> trainable_params(const torch::jit::Module& m, const TpPlan& plan) {
   std::map<std::string, bool> split;
   for (const auto& p : plan.parameters) {

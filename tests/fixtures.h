@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <ostream>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 namespace autotp_test {
@@ -29,6 +31,16 @@ inline FixtureConfig config_of(const std::string& name) {
   auto j = nlohmann::json::parse(in).at(name);
   return {name, j.at("architecture"), j.at("export"), j.at("vocab"), j.at("hidden"), j.at("intermediate"),
           j.at("layers"), j.at("heads"), j.at("kv_heads"), j.at("tied"), j.at("qkv_bias")};
+}
+
+// A parameterised test case: one fixture at one tp, named "<fixture>_tp<N>" in test names.
+struct FixtureCase {
+  std::string fixture;
+  int tp;
+};
+inline void PrintTo(const FixtureCase& c, std::ostream* os) { *os << c.fixture << " tp=" << c.tp; }
+inline std::string case_name(const testing::TestParamInfo<FixtureCase>& info) {
+  return info.param.fixture + "_tp" + std::to_string(info.param.tp);
 }
 
 struct CliRun {

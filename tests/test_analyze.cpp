@@ -81,16 +81,8 @@ std::vector<int> expected_valid_tp(const FixtureConfig& c) {
   return divisors(std::gcd(std::gcd(c.heads, c.kv_heads), std::gcd(c.intermediate, c.vocab)));
 }
 
-struct Case {
-  std::string fixture;
-  int tp;
-};
-
-void PrintTo(const Case& c, std::ostream* os) { *os << c.fixture << " tp=" << c.tp; }
-
-std::string case_name(const testing::TestParamInfo<Case>& info) {
-  return info.param.fixture + "_tp" + std::to_string(info.param.tp);
-}
+using autotp_test::case_name;
+using Case = autotp_test::FixtureCase;
 
 // Plans are cached: SmolLM2 is 540 MB to load.
 const autotp::TpPlan& plan_for(const std::string& name, int tp) {

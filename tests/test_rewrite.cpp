@@ -56,14 +56,8 @@ int64_t parameter_count(const std::string& name) {
   return n;
 }
 
-struct Case {
-  std::string fixture;
-  int tp;
-};
-void PrintTo(const Case& c, std::ostream* os) { *os << c.fixture << " tp=" << c.tp; }
-std::string case_name(const testing::TestParamInfo<Case>& info) {
-  return info.param.fixture + "_tp" + std::to_string(info.param.tp);
-}
+using autotp_test::case_name;
+using Case = autotp_test::FixtureCase;
 
 class VerifyFixture : public testing::TestWithParam<Case> {};
 
@@ -88,7 +82,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, VerifyFixture,
                                          Case{"llama_gqa", 4}, Case{"llama_tied", 2}, Case{"llama_tied", 4},
                                          Case{"qwen2", 2}, Case{"qwen2", 4}, Case{"mistral", 2},
                                          Case{"ref_script", 2}, Case{"ref_script", 4}, Case{"ref_frozen", 2},
-                                         Case{"ref_frozen", 4}, Case{"ref_sdpa", 2}, Case{"ref_sdpa", 4}),
+                                         Case{"ref_frozen", 4}, Case{"ref_sdpa", 2}, Case{"ref_sdpa", 4}, Case{"ref_bias", 2},
+                                         Case{"ref_bias", 4}),
                          case_name);
 
 // SmolLM2-135M (real pretrained weights, 30 layers) at tp=3. Logits and loss meet 1e-5. Its
@@ -190,8 +185,7 @@ TEST(Rewrite, SaveLoadGivesTheSameOutputs) {
     }
     auto ids = at::randint(config_of(name).vocab, {2, 8}, at::kLong);
     on_ranks(tp, tp, [&](int r, autotp::Mesh&) {
-      auto first = [](const c10::IValue& v) { return v.isTuple() ? v.toTupleRef().elements()[0].toTensor() : v.toTensor(); };
-      at::Tensor a = first(fresh[r].forward({ids})), b = first(loaded[r].forward({ids}));
+      at::Tensor a = autotp::logits_of(fresh[r].forward({ids})), b = autotp::logits_of(loaded[r].forward({ids}));
       EXPECT_EQ(a.size(-1), config_of(name).vocab / tp);
       EXPECT_TRUE(at::equal(a, b));
       if (a.requires_grad()) {
@@ -245,6 +239,32 @@ TEST(Rewrite, RankModulesHoldTheirSlices) {
     bytes += p.value.numel() * p.value.element_size();
   }
   EXPECT_EQ(bytes, plan.bytes.per_rank);
+}
+
+// Row-parallel biases (o_proj, down_proj) stay whole on every rank and are added once, after the
+// all-reduce: the linear itself no longer reads them. Column and lm-head biases are sliced.
+TEST(Rewrite, RowBiasIsAddedOnceAfterTheReduce) {
+  auto original = autotp::load_model(fixture("ref_bias"));
+  auto plan = autotp::plan_model(original, 2, "ref_bias");
+  std::map<std::string, autotp::Placement> placement;
+  for (const auto& p : plan.parameters) placement[p.name] = p.placement;
+  EXPECT_EQ(placement.at("layers.0.self_attn.o_proj.bias"), autotp::Placement::Replicated);
+  EXPECT_EQ(placement.at("layers.1.mlp.down_proj.bias"), autotp::Placement::Replicated);
+  EXPECT_EQ(placement.at("layers.0.self_attn.q_proj.bias"), autotp::Placement::Column);
+  EXPECT_EQ(placement.at("lm_head.bias"), autotp::Placement::Vocab);
+  auto mine = autotp::rewrite(original, plan, 0);
+  auto graph = mine.get_method("forward").graph();
+  int adds_after_reduce = 0, reduces = 0;
+  for (auto* n : graph->nodes()) {
+    if (n->kind().toQualString() != std::string("autotp::reduce_from_tp")) continue;
+    ++reduces;
+    for (const auto& use : n->output()->uses())
+      if (use.user->kind() == c10::aten::add && use.user->input(0) == n->output()) ++adds_after_reduce;
+  }
+  // 2 layers x (o_proj + down_proj) = 4 row linears with a bias; the embedding's reduce is inside
+  // autotp::vocab_parallel_embedding, not in the graph.
+  EXPECT_EQ(reduces, 4);
+  EXPECT_EQ(adds_after_reduce, 4);
 }
 
 // ---- the ops on their own ---------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "autotp/autotp.h"
@@ -43,15 +44,21 @@ const char* kUsage =
     "  train    AutoTP + ZeRO-1 training; launch with torchrun (torchrun --nproc_per_node N --no-python\n"
     "           build/autotp train ...); without torchrun it runs as one rank.\n";
 
-int parse_int(const std::string& flag, const std::string& text) {
+// "--flag 12": the whole text must be the number.
+template <typename T>
+T parse_number(const std::string& flag, const std::string& text, const char* what) {
   try {
     size_t used = 0;
-    int v = std::stoi(text, &used);
+    T v;
+    if constexpr (std::is_same_v<T, int>) v = std::stoi(text, &used);  // out of int range throws
+    else v = static_cast<T>(std::stod(text, &used));
     if (used == text.size()) return v;
   } catch (const std::exception&) {
   }
-  throw autotp::Error(flag + " expects an integer, got '" + text + "'");
+  throw autotp::Error(flag + " expects " + what + ", got '" + text + "'");
 }
+int parse_int(const std::string& flag, const std::string& text) { return parse_number<int>(flag, text, "an integer"); }
+double parse_double(const std::string& flag, const std::string& text) { return parse_number<double>(flag, text, "a number"); }
 
 int cmd_inspect(const std::vector<std::string>& args) {
   std::string model;
@@ -164,15 +171,6 @@ int cmd_verify(const std::vector<std::string>& args) {
   return rep.ok() ? 0 : 4;
 }
 
-double parse_double(const std::string& flag, const std::string& text) {
-  try {
-    size_t used = 0;
-    double v = std::stod(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw autotp::Error(flag + " expects a number, got '" + text + "'");
-}
 
 // autotp check CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]
 int cmd_check(const std::vector<std::string>& args) {

@@ -35,7 +35,8 @@ struct CollectiveCount {
 // One communicator: this rank's view of a c10d process group, with counters.
 class Group {
  public:
-  Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend);
+  Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend,
+        c10::DeviceType device = c10::DeviceType::CPU);
 
   const std::string& name() const { return name_; }
   int rank() const { return rank_; }  // rank inside the group
@@ -68,6 +69,7 @@ class Group {
   int rank_;
   int64_t id_;
   c10::intrusive_ptr<c10d::Backend> backend_;
+  c10::DeviceType device_;
   mutable std::mutex mu_;
   std::map<std::string, CollectiveCount> by_kind_, by_site_;
 };

@@ -39,6 +39,10 @@ struct RewriteInfo {
 };
 RewriteInfo rewrite_info(const torch::jit::Module& module);
 
+// The logits a model's forward returned: the tensor itself, or the first tensor of a tuple/list
+// (Hugging Face models exported with return_dict=False). Throws autotp::Error when there is none.
+at::Tensor logits_of(const c10::IValue& output);
+
 // The one line of an exception meant for the user: an autotp message raised inside a TorchScript
 // op arrives wrapped in the interpreter's traceback; this finds it again.
 std::string user_message(const std::exception& e);
