@@ -239,6 +239,15 @@ torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan,
   out.register_attribute("autotp_tp", c10::IntType::get(), int64_t{plan.tp});
   out.register_attribute("autotp_tp_rank", c10::IntType::get(), int64_t{tp_rank});
   out.register_attribute("autotp_vocab", c10::IntType::get(), vocab);
+  // Which parameters are shards (every name of a tied one): the optimizer counts replicated ones
+  // once across the TP group, also when training starts from a saved rank archive.
+  c10::List<std::string> split;
+  for (const auto& p : derived.parameters)
+    if (p.split_dim >= 0) {
+      split.push_back(p.name);
+      for (const auto& a : p.aliases) split.push_back(a);
+    }
+  out.register_attribute("autotp_split", c10::ListType::ofStrings(), split);
   return out;
 }
 
@@ -267,6 +276,8 @@ RewriteInfo rewrite_info(const torch::jit::Module& module) {
   info.tp = static_cast<int>(module.attr("autotp_tp").toInt());
   info.tp_rank = static_cast<int>(module.attr("autotp_tp_rank").toInt());
   info.vocab = module.attr("autotp_vocab").toInt();
+  if (module.hasattr("autotp_split"))
+    for (const auto& name : module.attr("autotp_split").toListRef()) info.split.push_back(name.toStringRef());
   return info;
 }
 

@@ -26,17 +26,14 @@
 namespace autotp {
 namespace {
 
-std::vector<TrainableParam> trainable_params(const torch::jit::Module& m, const TpPlan& plan) {
-  std::map<std::string, bool> split;
-  for (const auto& p : plan.parameters) {
-    split[p.name] = p.split_dim >= 0;
-    for (const auto& a : p.aliases) split[a] = p.split_dim >= 0;
-  }
+std::vector<TrainableParam> trainable_params(const torch::jit::Module& m) {
+  std::set<std::string> split;
+  for (const auto& name : rewrite_info(m).split) split.insert(name);
   std::vector<TrainableParam> out;
   std::set<const void*> seen;  // tied weights: one tensor under two names, trained once
   for (const auto& p : m.named_parameters(/*recurse=*/true)) {
     if (!p.value.requires_grad() || !seen.insert(p.value.unsafeGetTensorImpl()).second) continue;
-    out.push_back({p.name, p.value, split.count(p.name) ? split[p.name] : false});
+    out.push_back({p.name, p.value, split.count(p.name) > 0});
   }
   return out;
 }
@@ -59,6 +56,29 @@ std::string human_bytes(int64_t b) {
   else if (b >= 1024) o << b / 1024.0 << " KiB";
   else o << b << " B";
   return o.str();
+}
+
+// This rank's module: rewritten here from the full model (every rank loads it once, then drops
+// it), or read from a directory `autotp rewrite` wrote, so no rank ever holds the full weights.
+torch::jit::Module load_rank_model(const std::string& path, int64_t tp, int tp_rank) {
+  if (std::filesystem::is_directory(path)) {
+    const std::string mine = path + "/rank" + std::to_string(tp_rank) + ".pt";
+    if (!std::filesystem::exists(mine))
+      throw Error(path + ": no rank" + std::to_string(tp_rank) + ".pt; write the rank archives with autotp rewrite MODEL.pt --tp " +
+                  std::to_string(tp) + " --out " + path);
+    torch::jit::Module m = load_model(mine);
+    const RewriteInfo info = rewrite_info(m);
+    if (info.tp != tp || info.tp_rank != tp_rank)
+      throw Error(mine + ": rewritten for tp=" + std::to_string(info.tp) + " rank " + std::to_string(info.tp_rank) +
+                  ", but this is rank " + std::to_string(tp_rank) + " of tensor_parallel.autotp_size " + std::to_string(tp) +
+                  "; rewrite the model with --tp " + std::to_string(tp));
+    return m;
+  }
+  torch::jit::Module original = load_model(path);
+  if (rewrite_info(original).tp != 0)
+    throw Error(path + ": is one rank of a rewritten model; pass the directory that holds all rank<r>.pt files");
+  TpPlan plan = plan_model(original, static_cast<int>(tp), path);
+  return rewrite(original, plan, tp_rank);
 }
 
 }  // namespace
@@ -87,10 +107,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   at::manual_seed(cfg.seed);
   const bool chatty = !options.quiet && mesh.rank() == 0;
 
-  torch::jit::Module original = load_model(options.model_path);
-  TpPlan plan = plan_model(original, static_cast<int>(cfg.tp), options.model_path);
-  torch::jit::Module model = rewrite(original, plan, mesh.tp_rank());
-  original = torch::jit::Module();  // the full copy is not kept alive
+  torch::jit::Module model = load_rank_model(options.model_path, cfg.tp, mesh.tp_rank());
   if (cfg.bf16) model.to(at::kBFloat16);
   model.train();
 
@@ -101,7 +118,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
     throw Error(options.data_path + ": tokens were made for a vocabulary of " + std::to_string(data.vocab()) +
                 " but the model has " + std::to_string(vocab) + "; tokenize with the model's tokenizer");
 
-  ZeroOneOptimizer opt(trainable_params(model, plan), mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage,
+  ZeroOneOptimizer opt(trainable_params(model), mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage,
                        cfg.gradient_clipping);
   const int64_t micro = cfg.micro_batch, ga = cfg.grad_accum, dp = mesh.dp(), seq = options.seq;
   check_tp_peers_agree(mesh.tp_group(), data.batch(0, 0, ga, mesh.dp_rank(), dp, micro, seq));
@@ -175,7 +192,6 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   if (!options.out_dir.empty() && mesh.dp_rank() == 0) {
     std::filesystem::create_directories(options.out_dir);
     model.save(options.out_dir + "/rank" + std::to_string(mesh.tp_rank()) + ".pt");
-    if (mesh.tp_rank() == 0) std::ofstream(options.out_dir + "/plan.json") << plan_to_json(plan) << "\n";
     if (chatty) std::cout << "saved " << options.out_dir << "/rank<r>.pt for r in 0.." << mesh.tp() - 1 << "\n";
   }
   mesh.world_group().barrier();

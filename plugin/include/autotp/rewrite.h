@@ -9,6 +9,7 @@
 
 #include <exception>
 #include <string>
+#include <vector>
 
 #include <torch/csrc/jit/api/module.h>
 
@@ -31,11 +32,13 @@ TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& l
 // was made for another model.
 torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan, int tp_rank);
 
-// What rewrite() recorded on the module (attributes autotp_tp, autotp_tp_rank, autotp_vocab).
+// What rewrite() recorded on the module (attributes autotp_tp, autotp_tp_rank, autotp_vocab,
+// autotp_split).
 struct RewriteInfo {
   int tp = 0;             // 0: not a rewritten module
   int tp_rank = 0;
   int64_t vocab = 0;      // full vocabulary when the logits are vocab-split, else 0
+  std::vector<std::string> split;  // names of the parameters that are TP shards (all names of tied ones)
 };
 RewriteInfo rewrite_info(const torch::jit::Module& module);
 
