@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 
 #include "autotp/autotp.h"
@@ -32,15 +34,17 @@ namespace {
 constexpr int64_t kSteps = 20, kSeq = 16, kMicro = 2, kAccum = 2;
 const std::string kModel = "llama_gqa";
 
-std::string config_text(int tp) {
+const char* kAdamW = R"({"type": "AdamW", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}})";
+
+std::string config_text(int tp, int stage = 1, const std::string& optimizer = kAdamW) {
   return R"({
     // fp32, AdamW with decay, linear warm-up, clipping that bites in the first steps
     "train_micro_batch_size_per_gpu": )" + std::to_string(kMicro) + R"(,
     "gradient_accumulation_steps": )" + std::to_string(kAccum) + R"(,
-    "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
+    "optimizer": )" + optimizer + R"(,
     "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 1e-4, "warmup_max_lr": 3e-3,
                                                  "warmup_num_steps": 5, "warmup_type": "linear"}},
-    "zero_optimization": {"stage": 1},
+    "zero_optimization": {"stage": )" + std::to_string(stage) + R"(},
     "tensor_parallel": {"autotp_size": )" + std::to_string(tp) + R"(},
     "gradient_clipping": 1.0,
     "steps_per_print": 5,
@@ -86,24 +90,31 @@ struct Reference {
 };
 
 // The single-process reference: every step trains on all dp × accumulation micro-batches at once.
-Reference reference_run(const Workspace& w, int dp, const std::string& model = kModel) {
+Reference reference_run(const Workspace& w, int dp, const std::string& model = kModel, const std::string& text = config_text(1)) {
   autotp::ConfigOverrides o;
   o.world_size = dp;  // tp 1 in the reference; dp only sets which samples form a global batch
-  std::string text = config_text(1);
   autotp::TrainConfig cfg = autotp::parse_config_text(text, "reference", o);
   auto module = autotp::load_model(fixture(model));
   module.train();
   std::vector<at::Tensor> params;
   for (const auto& p : module.parameters(true)) params.push_back(p);
-  torch::optim::AdamW adamw(params, torch::optim::AdamWOptions(cfg.optimizer.lr)
-                                        .betas({cfg.optimizer.beta1, cfg.optimizer.beta2})
-                                        .eps(cfg.optimizer.eps)
-                                        .weight_decay(cfg.optimizer.weight_decay));
+  // LibTorch's own optimizers: AdamW (decoupled decay), or Adam (L2) for "Adam" with adam_w_mode false.
+  std::unique_ptr<torch::optim::Optimizer> adamw;
+  if (cfg.optimizer.decoupled)
+    adamw = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(cfg.optimizer.lr)
+                                                              .betas({cfg.optimizer.beta1, cfg.optimizer.beta2})
+                                                              .eps(cfg.optimizer.eps)
+                                                              .weight_decay(cfg.optimizer.weight_decay));
+  else
+    adamw = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(cfg.optimizer.lr)
+                                                             .betas({cfg.optimizer.beta1, cfg.optimizer.beta2})
+                                                             .eps(cfg.optimizer.eps)
+                                                             .weight_decay(cfg.optimizer.weight_decay));
   autotp::TokenData data(w.data);
   Reference ref;
   for (int64_t step = 0; step < kSteps; ++step) {
-    for (auto& g : adamw.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(autotp::lr_for_update(cfg, step));
-    adamw.zero_grad();
+    for (auto& g : adamw->param_groups()) g.options().set_lr(autotp::lr_for_update(cfg, step));
+    adamw->zero_grad();
     at::Tensor total = at::zeros({}, at::kFloat);
     for (int64_t j = 0; j < dp; ++j) {
       for (int64_t k = 0; k < kAccum; ++k) {
@@ -115,7 +126,7 @@ Reference reference_run(const Workspace& w, int dp, const std::string& model = k
     total = total / static_cast<double>(dp * kAccum);
     torch::autograd::backward({total});
     ref.grad_norm.push_back(torch::nn::utils::clip_grad_norm_(params, cfg.gradient_clipping));
-    adamw.step();
+    adamw->step();
     ref.loss.push_back(total.item<double>());
   }
   return ref;
@@ -175,6 +186,33 @@ INSTANTIATE_TEST_SUITE_P(Meshes, TrainMatchesReference,
                            return "tp" + std::to_string(i.param.tp) + "_dp" + std::to_string(i.param.dp);
                          });
 
+// ZeRO stage 0 (state whole on every DP rank, gradients all-reduced) with Adam's L2 decay
+// ("Adam", adam_w_mode false) against LibTorch's torch::optim::Adam.
+TEST(Train, ZeroStage0WithAdamL2) {
+  Workspace w = workspace(1, 2);
+  const std::string text = config_text(
+      1, 0, R"({"type": "Adam", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "adam_w_mode": false}})");
+  std::ofstream(w.config) << text;
+  const std::string metrics = w.dir + "/metrics.jsonl";
+  auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 2 --no-python " + AUTOTP_CLI +
+                       " train --config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --steps " +
+                       std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
+  Reference ref = reference_run(w, 2, kModel, text);
+  for (int64_t s = 0; s < kSteps; ++s)
+    EXPECT_LE(std::abs(rows[s].at("loss").get<double>() - ref.loss[s]) / ref.loss[s], 1e-4) << "step " << s + 1;
+  const int64_t psi = autotp::inspect(fixture(kModel), 1).bytes.per_rank / 4;
+  const int64_t padded = (psi + 1) / 2 * 2;
+  EXPECT_EQ(rows.back().at("optimizer_bytes").get<int64_t>(), 12 * padded);  // not partitioned
+  // One all-reduce of the padded fp32 gradients and the reported loss per step; no norm reduction.
+  EXPECT_EQ(rows.back().at("collectives").at("dp").at("bytes").get<int64_t>(), kSteps * (4 * padded + 8));
+  std::filesystem::remove_all(w.dir);
+}
+
 // bf16 model weights with fp32 masters (the scripted reference Llama; traced HF graphs bake fp32
 // casts): parameters take 2 bytes per element, the optimizer state stays 12 per owned element, and
 // the loss follows the fp32 single-process reference within bf16's resolution.
@@ -206,8 +244,8 @@ TEST(Train, Bf16WeightsWithFp32Masters) {
   std::filesystem::remove_all(w.dir);
 }
 
-// A checkpoint written by --out loads again and holds the trained weights (its logits differ from
-// the untrained rank module's, same shapes).
+// A checkpoint written by --out loads again and holds the trained weights (a trained weight differs
+// from the untrained rank module's, same shape).
 TEST(Train, CheckpointLoadsWithTrainedWeights) {
   Workspace w = workspace(2, 1);
   auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 2 --no-python " + AUTOTP_CLI +
