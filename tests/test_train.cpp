@@ -85,6 +85,20 @@ Workspace workspace(int tp, int dp) {
   return w;
 }
 
+// `autotp train ARGS` on `nproc` processes under torchrun.
+autotp_test::CliRun torchrun_train(int nproc, const std::string& args) {
+  return run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node " + std::to_string(nproc) +
+                     " --no-python " + AUTOTP_CLI + " train " + args);
+}
+
+// The --metrics file: one JSON object per step.
+std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
 struct Reference {
   std::vector<double> loss, grad_norm;  // per step; the norm before clipping
 };
@@ -143,14 +157,10 @@ TEST_P(TrainMatchesReference, LossEveryStepStateBytesAndDpTraffic) {
   const auto [tp, dp] = GetParam();
   Workspace w = workspace(tp, dp);
   const std::string metrics = w.dir + "/metrics.jsonl";
-  auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node " + std::to_string(tp * dp) +
-                       " --no-python " + AUTOTP_CLI + " train --config " + w.config + " --model " + fixture(kModel) +
-                       " --data " + w.data + " --steps " + std::to_string(kSteps) + " --seq " + std::to_string(kSeq) +
-                       " --metrics " + metrics);
+  auto r = torchrun_train(tp * dp, "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --steps " +
+                                       std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
   ASSERT_EQ(r.status, 0) << r.out << r.err;
-  std::vector<nlohmann::json> rows;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  auto rows = read_metrics(metrics);
   ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
 
   Reference ref = reference_run(w, dp);
@@ -194,13 +204,10 @@ TEST(Train, ZeroStage0WithAdamL2) {
       1, 0, R"({"type": "Adam", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "adam_w_mode": false}})");
   std::ofstream(w.config) << text;
   const std::string metrics = w.dir + "/metrics.jsonl";
-  auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 2 --no-python " + AUTOTP_CLI +
-                       " train --config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --steps " +
-                       std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
+  auto r = torchrun_train(2, "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --steps " +
+                                std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
   ASSERT_EQ(r.status, 0) << r.out << r.err;
-  std::vector<nlohmann::json> rows;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  auto rows = read_metrics(metrics);
   ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
   Reference ref = reference_run(w, 2, kModel, text);
   for (int64_t s = 0; s < kSteps; ++s)
@@ -222,14 +229,11 @@ TEST(Train, Bf16WeightsWithFp32Masters) {
   text.replace(text.find("\"seed\""), 0, "\"bf16\": {\"enabled\": true},\n    ");
   std::ofstream(w.config) << text;
   const std::string metrics = w.dir + "/metrics.jsonl";
-  auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 4 --no-python " + AUTOTP_CLI +
-                       " train --config " + w.config + " --model " + fixture("ref_script") + " --data " + w.data +
-                       " --steps " + std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
+  auto r = torchrun_train(4, "--config " + w.config + " --model " + fixture("ref_script") + " --data " + w.data + " --steps " +
+                                std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
   ASSERT_EQ(r.status, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("bf16"), std::string::npos);
-  std::vector<nlohmann::json> rows;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  auto rows = read_metrics(metrics);
   ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
   const int64_t psi = autotp::inspect(fixture("ref_script"), 2).bytes.per_rank / 4;
   EXPECT_EQ(rows.back().at("param_bytes").get<int64_t>(), 2 * psi);
@@ -248,9 +252,8 @@ TEST(Train, Bf16WeightsWithFp32Masters) {
 // from the untrained rank module's, same shape).
 TEST(Train, CheckpointLoadsWithTrainedWeights) {
   Workspace w = workspace(2, 1);
-  auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 2 --no-python " + AUTOTP_CLI +
-                       " train --config " + w.config + " --model " + fixture(kModel) + " --data " + w.data +
-                       " --steps 3 --seq 16 --out " + w.dir + "/ckpt");
+  auto r = torchrun_train(2, "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data +
+                                " --steps 3 --seq 16 --out " + w.dir + "/ckpt");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("step 3/3"), std::string::npos) << r.out;
   auto trained = autotp::load_model(w.dir + "/ckpt/rank1.pt");
@@ -275,21 +278,18 @@ TEST(Train, FromRewrittenRankArchives) {
   ASSERT_EQ(rw.status, 0) << rw.err;
   auto losses = [&](const std::string& model) {
     const std::string metrics = w.dir + "/m.jsonl";
-    auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 2 --no-python " + AUTOTP_CLI +
-                         " train --config " + w.config + " --model " + model + " --data " + w.data + " --steps 5 --seq 16 --metrics " +
-                         metrics);
+    auto r = torchrun_train(2, "--config " + w.config + " --model " + model + " --data " + w.data + " --steps 5 --seq 16 --metrics " +
+                                  metrics);
     EXPECT_EQ(r.status, 0) << r.err;
     std::vector<double> out;
-    std::ifstream in(metrics);
-    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line).at("loss"));
+    for (const auto& row : read_metrics(metrics)) out.push_back(row.at("loss"));
     return out;
   };
   auto from_full = losses(fixture(kModel)), from_ranks = losses(w.dir + "/ranks");
   ASSERT_EQ(from_full.size(), 5u);
   EXPECT_EQ(from_full, from_ranks);
   std::ofstream(w.dir + "/tp4.json") << config_text(4);
-  auto r = run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node 4 --no-python " + AUTOTP_CLI +
-                       " train --config " + w.dir + "/tp4.json --model " + w.dir + "/ranks --data " + w.data + " --steps 1");
+  auto r = torchrun_train(4, "--config " + w.dir + "/tp4.json --model " + w.dir + "/ranks --data " + w.data + " --steps 1");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("/ranks: no rank2.pt; write the rank archives with autotp rewrite MODEL.pt --tp 4"), std::string::npos) << r.err;
   std::filesystem::remove_all(w.dir);
