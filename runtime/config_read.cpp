@@ -1,17 +1,9 @@
-// Strict DeepSpeed-compatible training config. Two phases:
-//   1. walk the JSON in file order: every key is known, rejected with a reason, or unknown (with the
-//      closest valid key); every leaf has the right type. Typed values land in `Raw`.
-//   2. resolve what depends on several keys or on the world size: tp and dp, batch arithmetic,
-//      "auto" values a CLI flag may supply, optimizer defaults, ZeRO stage against tp.
-// Problems from both phases are collected; nothing stops at the first one.
-// DeepSpeed facts cited below are from deepspeed/runtime/{config.py,constants.py,engine.py,
-// lr_schedules.py,precision_config.py,zero/config.py,tensor_parallel/config.py} at v0.19.6.
-#include "runtime/config.h"
-
+// Config phase 1, the structural pass: parse the JSON text (comments allowed, repeated keys refused),
+// then walk it in file order against the key tables. Every key is known, rejected with a reason, or
+// unknown (with the closest valid key); every leaf has the right type; "auto" is accepted only where a
+// CLI flag may fill it in. Typed values land in `Raw` for phase 2 (config_validate.cpp).
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -20,15 +12,11 @@
 #include <set>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "autotp/error.h"
+#include "runtime/config_internal.h"
 
-namespace autotp {
+namespace autotp::config_detail {
 namespace {
-
-// Ordered, so problems come out in the order the keys appear in the file.
-using Json = nlohmann::ordered_json;
 
 // ---- text helpers --------------------------------------------------------------------------------
 
@@ -39,29 +27,6 @@ std::string lower(std::string s) {
 
 std::string join_path(const std::string& parent, const std::string& key) {
   return parent.empty() ? key : parent + "." + key;
-}
-
-// Shortest text that reads back as the same double: 0.0003, not 0.00029999999999999997.
-std::string num(double v) {
-  char buf[40];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
-}
-
-// A JSON value as the user wrote it, on one line and short enough for a message.
-std::string show(const Json& v) {
-  std::string s = v.dump();
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-
-// One problem is one line, whatever a parser or a value put into the text.
-std::string one_line(std::string s) {
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  return s;
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -111,41 +76,6 @@ std::optional<std::string> closest(const std::string& word, const std::vector<st
   size_t limit = std::max<size_t>(2, (std::max(word.size(), best->size()) + 1) / 3);
   return best_distance <= limit ? best : std::nullopt;
 }
-
-const std::string kAutoPrefix = "\"auto\" is filled in only by the Hugging Face Trainer; ";
-
-// ---- what phase 1 records --------------------------------------------------------------------------
-
-// A key that "auto" may leave open for a CLI flag to fill.
-template <typename T>
-struct Slot {
-  bool present = false;
-  bool is_auto = false;
-  std::optional<T> value;  // unset when present: the type problem is already reported
-};
-
-struct Raw {
-  Slot<int64_t> train_batch, micro, grad_accum;
-  Slot<double> lr;
-  std::optional<int64_t> autotp_size, tp_size;
-  std::string tp_size_path;
-  std::optional<std::string> tp_dtype;
-  std::optional<int64_t> stage;
-  std::optional<bool> bf16;
-  bool bf16_bad = false;  // bf16.enabled had a problem of its own
-  std::optional<std::string> optimizer_type;  // canonical "AdamW" / "Adam"
-  std::optional<double> beta1, beta2, eps, weight_decay;
-  std::optional<bool> adam_w_mode, torch_adam;
-  std::optional<SchedulerConfig> scheduler;
-};
-
-struct Ctx {
-  const ConfigOverrides& overrides;
-  TrainConfig& cfg;
-  Raw raw;
-  std::vector<ConfigProblem> problems;
-  void add(const std::string& path, const std::string& message) { problems.push_back({path, one_line(message)}); }
-};
 
 // ---- typed leaf readers: a wrong type is a problem naming the expected type and the value -----------
 
@@ -399,9 +329,6 @@ void read_zero(Ctx& ctx, const Json& v, const std::string& path) {
   }
   if (expect_object(ctx, v, path)) walk(ctx, v, path, zero_section());
 }
-
-const std::string kFp16 = "autotp trains in bf16 (bf16.enabled) or fp32; fp16 needs loss scaling, which autotp "
-                          "does not implement";
 
 const Section& bf16_section() {
   static const Section s = [] {
@@ -732,208 +659,6 @@ const Section& top_section() {
   return s;
 }
 
-// ---- phase 2: what depends on several keys ------------------------------------------------------------
-
-void check_overrides(Ctx& ctx) {
-  const auto& o = ctx.overrides;
-  if (o.world_size && *o.world_size < 1) ctx.add("--world-size", "expected a positive integer, got " + std::to_string(*o.world_size));
-  if (o.micro_batch && *o.micro_batch < 1) ctx.add("--micro-batch", "expected a positive integer, got " + std::to_string(*o.micro_batch));
-  if (o.grad_accum && *o.grad_accum < 1) ctx.add("--grad-accum", "expected a positive integer, got " + std::to_string(*o.grad_accum));
-  if (o.lr && !(*o.lr >= 0)) ctx.add("--lr", "expected a non-negative number, got " + num(*o.lr));
-}
-
-void resolve_tp(Ctx& ctx) {
-  auto& r = ctx.raw;
-  ctx.cfg.tp = std::max<int64_t>(1, r.autotp_size.value_or(1));
-  if (r.tp_size) {
-    if (!r.autotp_size) {
-      // DeepSpeed's training path reads autotp_size only; tp.tp_size alone leaves TP off.
-      ctx.add(r.tp_size_path, "DeepSpeed training reads tensor_parallel.autotp_size (tp.tp_size alone leaves "
-                              "tensor parallelism off): write \"autotp_size\": " + std::to_string(*r.tp_size));
-    } else if (*r.tp_size != ctx.cfg.tp) {
-      ctx.add(r.tp_size_path, std::to_string(*r.tp_size) + " disagrees with tensor_parallel.autotp_size " +
-                                  std::to_string(*r.autotp_size) + ": make them equal or delete tp.tp_size");
-    }
-  }
-  const auto& world = ctx.overrides.world_size;
-  if (world && *world >= 1 && *world % ctx.cfg.tp != 0)
-    ctx.add("tensor_parallel.autotp_size", std::to_string(ctx.cfg.tp) + " does not divide the world size " +
-                                               std::to_string(*world) + " (--world-size): ranks form autotp_size x dp");
-}
-
-void resolve_precision(Ctx& ctx, const Json& root) {
-  auto& r = ctx.raw;
-  if (root.contains("bf16") && root.contains("bfloat16"))
-    ctx.add("bfloat16", "bf16 is DeepSpeed's newer name for this section and the one it reads: delete bfloat16");
-  ctx.cfg.bf16 = r.bf16.value_or(false);
-  if (!r.tp_dtype || r.bf16_bad) return;
-  const std::string& d = *r.tp_dtype;
-  if (d == "fp16") {
-    ctx.add("tensor_parallel.dtype", kFp16);
-  } else if ((d == "bf16") != ctx.cfg.bf16) {
-    ctx.add("tensor_parallel.dtype", "\"" + d + "\" disagrees with bf16.enabled " + (ctx.cfg.bf16 ? "true" : "false") +
-                                         "; autotp takes the training dtype from bf16.enabled: delete dtype");
-  }
-}
-
-void resolve_zero(Ctx& ctx) {
-  if (!ctx.raw.stage) return;
-  ctx.cfg.zero_stage = static_cast<int>(*ctx.raw.stage);
-  if (ctx.cfg.zero_stage != 3) return;
-  if (ctx.cfg.tp > 1) {
-    ctx.add("zero_optimization.stage", "ZeRO-3 partitions and re-gathers every parameter, and AutoTP has already "
-                                       "split them across the TP group; autotp runs ZeRO stage 0-2 with tensor "
-                                       "parallelism: use stage 1");
-  } else {
-    ctx.add("zero_optimization.stage", "autotp does not run ZeRO-3; use stage 1 (ZeRO-3 needs DeepSpeed itself)");
-  }
-  ctx.cfg.zero_stage = 0;
-}
-
-// Takes the flag if given, else the file's number; "auto" with no flag is a problem.
-std::optional<int64_t> pick(Ctx& ctx, const Slot<int64_t>& slot, const std::optional<int64_t>& flag,
-                            const std::string& key, const std::string& flag_name, bool& failed) {
-  if (flag) {
-    if (*flag >= 1) return flag;
-    failed = true;  // check_overrides reports it
-    return std::nullopt;
-  }
-  if (slot.is_auto) {
-    ctx.add(key, kAutoPrefix + "write a number, or pass " + flag_name);
-    failed = true;
-  } else if (slot.present && !slot.value) {
-    failed = true;  // its type problem is already reported
-  }
-  return slot.value;
-}
-
-struct Batch {
-  std::optional<int64_t> train, micro, ga;
-  std::string micro_text, ga_text;  // "train_micro_batch_size_per_gpu 4 (--micro-batch)"
-};
-
-// DeepSpeed's _set_batch_related_parameters + _batch_assertion with dp in place of its world size:
-// autotp's train_batch_size counts distinct samples per optimizer step, and TP peers share samples.
-void resolve_batch_with_dp(Ctx& ctx, Batch b, int64_t world, int64_t dp) {
-  auto& c = ctx.cfg;
-  const std::string dp_text = "dp " + std::to_string(dp) + " (world " + std::to_string(world) + " / autotp_size " +
-                              std::to_string(c.tp) + ")";
-  auto not_multiple = [&](int64_t of, const std::string& what) {
-    ctx.add("train_batch_size", std::to_string(*b.train) + " is not a multiple of " + what + " × " + dp_text + " = " +
-                                    std::to_string(of));
-  };
-  if (b.train && b.micro && b.ga) {
-    int64_t product = *b.micro * *b.ga * dp;
-    if (*b.train != product) {
-      std::string msg = std::to_string(*b.train) + " != " + b.micro_text + " × " + b.ga_text + " × " + dp_text +
-                        " = " + std::to_string(product);
-      if (c.tp > 1 && *b.train == *b.micro * *b.ga * world)
-        msg += "; " + std::to_string(*b.train) + " is DeepSpeed's count over all " + std::to_string(world) +
-               " ranks (TP replicas included, as when no mpu is passed), while autotp counts distinct samples: write " +
-               std::to_string(product) + " or delete train_batch_size";
-      ctx.add("train_batch_size", msg);
-      return;
-    }
-  } else if (b.train && b.micro) {
-    if (*b.train % (*b.micro * dp) != 0) return not_multiple(*b.micro * dp, b.micro_text);
-    b.ga = *b.train / (*b.micro * dp);
-  } else if (b.train) {
-    b.ga = b.ga.value_or(1);
-    if (*b.train % (*b.ga * dp) != 0) return not_multiple(*b.ga * dp, b.ga_text);
-    b.micro = *b.train / (*b.ga * dp);
-  } else {
-    b.ga = b.ga.value_or(1);
-    b.train = *b.micro * *b.ga * dp;
-  }
-  c.micro_batch = *b.micro;
-  c.grad_accum = *b.ga;
-  c.train_batch = *b.train;
-}
-
-// Without the world size only divisibility can be checked; record what is known.
-void resolve_batch_without_dp(Ctx& ctx, const Batch& b) {
-  auto& c = ctx.cfg;
-  c.micro_batch = b.micro.value_or(0);
-  c.grad_accum = b.ga.value_or(b.micro && b.train ? 0 : 1);
-  c.train_batch = b.train.value_or(0);
-  int64_t per_rank = b.micro.value_or(1) * b.ga.value_or(1);
-  if (b.train && (b.micro || b.ga) && *b.train % per_rank != 0) {
-    std::string what = b.micro && b.ga ? b.micro_text + " × " + b.ga_text : (b.micro ? b.micro_text : b.ga_text);
-    ctx.add("train_batch_size", std::to_string(*b.train) + " is not a multiple of " + what + " = " +
-                                    std::to_string(per_rank) + ", so no data-parallel size fits");
-  }
-}
-
-void resolve_batch(Ctx& ctx) {
-  auto& r = ctx.raw;
-  const auto& o = ctx.overrides;
-  bool failed = false;
-  Batch b;
-  b.micro = pick(ctx, r.micro, o.micro_batch, "train_micro_batch_size_per_gpu", "--micro-batch", failed);
-  b.ga = pick(ctx, r.grad_accum, o.grad_accum, "gradient_accumulation_steps", "--grad-accum", failed);
-  b.train = r.train_batch.value;
-  if (r.train_batch.present && !r.train_batch.value && !r.train_batch.is_auto) failed = true;
-  // "auto" here is what the Trainer computes from the other two, so it stands when they do.
-  if (r.train_batch.is_auto && !b.micro && !failed) {
-    ctx.add("train_batch_size", kAutoPrefix + "write a number, or give train_micro_batch_size_per_gpu (or "
-                                              "--micro-batch) and autotp derives it");
-    failed = true;
-  }
-  if (failed) return;
-  if (!b.train && !b.micro) {
-    // DeepSpeed: "Either train_batch_size or train_micro_batch_size_per_gpu needs to be provided".
-    return ctx.add("train_micro_batch_size_per_gpu",
-                   "missing; write it (or train_batch_size), or pass --micro-batch");
-  }
-  b.micro_text = "train_micro_batch_size_per_gpu " + (b.micro ? std::to_string(*b.micro) : "?") +
-                 (o.micro_batch ? " (--micro-batch)" : "");
-  b.ga_text = "gradient_accumulation_steps " + (b.ga ? std::to_string(*b.ga) : "1") +
-              (o.grad_accum ? " (--grad-accum)" : "");
-  const auto& world = o.world_size;
-  if (world && *world >= 1 && *world % ctx.cfg.tp == 0) {
-    ctx.cfg.world_size = *world;
-    ctx.cfg.dp = *world / ctx.cfg.tp;
-    resolve_batch_with_dp(ctx, b, *world, ctx.cfg.dp);
-  } else if (!world) {
-    resolve_batch_without_dp(ctx, b);
-  }
-}
-
-void resolve_optimizer(Ctx& ctx) {
-  auto& r = ctx.raw;
-  auto& opt = ctx.cfg.optimizer;
-  opt.type = r.optimizer_type.value_or("AdamW");
-  // engine.py: effective_adam_w_mode = (name == "adamw") or adam_w_mode (default true).
-  if (opt.type == "AdamW" && r.adam_w_mode == false)
-    ctx.add("optimizer.params.adam_w_mode", "false has no effect on AdamW (DeepSpeed ignores it); for L2-coupled "
-                                            "weight decay write type \"Adam\"");
-  opt.decoupled = opt.type == "AdamW" || r.adam_w_mode.value_or(true);
-  opt.beta1 = r.beta1.value_or(0.9);
-  opt.beta2 = r.beta2.value_or(0.999);
-  opt.eps = r.eps.value_or(1e-8);
-  // DeepSpeed's FusedAdam defaults weight_decay to 0; torch_adam picks torch.optim, whose AdamW says 0.01.
-  opt.weight_decay = r.weight_decay.value_or(r.torch_adam.value_or(false) && opt.decoupled ? 0.01 : 0.0);
-  if (ctx.overrides.lr) {
-    opt.lr = *ctx.overrides.lr;
-  } else if (r.lr.is_auto) {
-    ctx.add("optimizer.params.lr", kAutoPrefix + "write a number, or pass --lr");
-  } else if (r.lr.value) {
-    opt.lr = *r.lr.value;
-  } else if (!r.lr.present) {
-    // DeepSpeed would silently train at FusedAdam's 0.001; the one hyperparameter never to guess.
-    ctx.add("optimizer.params.lr", "missing; write the learning rate, or pass --lr");
-  }
-}
-
-void resolve_scheduler(Ctx& ctx) {
-  if (!ctx.raw.scheduler) return;
-  SchedulerConfig s = *ctx.raw.scheduler;
-  // WarmupDecayLR's constructor defaults warmup_max_lr to 0.001; only WarmupLR falls back to the
-  // optimizer's lr (lr_schedules.py).
-  if (s.type == SchedulerType::WarmupDecayLR && !s.warmup_max_lr) s.warmup_max_lr = 0.001;
-  ctx.cfg.scheduler = s;
-}
-
 // ---- parsing -------------------------------------------------------------------------------------------
 
 // nlohmann keeps the last of two equal keys; DeepSpeed refuses them (dict_raise_error_on_duplicate_keys).
@@ -985,6 +710,8 @@ std::string syntax_problem(const nlohmann::json::parse_error& e) {
   return at == std::string::npos ? what : what.substr(at + 3);
 }
 
+}  // namespace
+
 std::optional<Json> parse_json(const std::string& text, std::vector<ConfigProblem>& problems) {
   try {
     return Json::parse(text, DuplicateKeys(problems), /*allow_exceptions=*/true, /*ignore_comments=*/true);
@@ -994,52 +721,13 @@ std::optional<Json> parse_json(const std::string& text, std::vector<ConfigProble
   }
 }
 
-}  // namespace
+void read_config(Ctx& ctx, const Json& root) { walk(ctx, root, "", top_section()); }
 
-// ---- public API ------------------------------------------------------------------------------------
+}  // namespace autotp::config_detail
 
-const char* scheduler_type_name(SchedulerType t) {
-  switch (t) {
-    case SchedulerType::WarmupLR: return "WarmupLR";
-    case SchedulerType::WarmupDecayLR: return "WarmupDecayLR";
-    case SchedulerType::WarmupCosineLR: return "WarmupCosineLR";
-  }
-  return "?";
-}
+// ---- public API: files ---------------------------------------------------------------------------
 
-std::string format_problems(const std::string& source, const std::vector<ConfigProblem>& problems) {
-  std::string out;
-  for (const auto& p : problems) {
-    if (!out.empty()) out += "\n";
-    out += source + ": " + (p.path.empty() ? "" : p.path + ": ") + p.message;
-  }
-  return out;
-}
-
-std::string ConfigResult::message() const { return format_problems(config.source, problems); }
-
-ConfigResult validate_config_text(const std::string& text, const std::string& source_name,
-                                  const ConfigOverrides& overrides) {
-  ConfigResult result;
-  result.config.source = source_name;
-  auto root = parse_json(text, result.problems);
-  if (!root) return result;
-  if (!root->is_object()) {
-    result.problems.push_back({"", "expected a JSON object {...} at the top level, got " + show(*root)});
-    return result;
-  }
-  Ctx ctx{overrides, result.config, {}, std::move(result.problems)};
-  walk(ctx, *root, "", top_section());
-  check_overrides(ctx);
-  resolve_tp(ctx);
-  resolve_precision(ctx, *root);
-  resolve_zero(ctx);
-  resolve_optimizer(ctx);
-  resolve_scheduler(ctx);
-  resolve_batch(ctx);
-  result.problems = std::move(ctx.problems);
-  return result;
-}
+namespace autotp {
 
 ConfigResult validate_config_file(const std::string& path, const ConfigOverrides& overrides) {
   namespace fs = std::filesystem;
@@ -1060,178 +748,10 @@ ConfigResult validate_config_file(const std::string& path, const ConfigOverrides
   return validate_config_text(text.str(), path, overrides);
 }
 
-TrainConfig parse_config_text(const std::string& text, const std::string& source_name,
-                              const ConfigOverrides& overrides) {
-  ConfigResult r = validate_config_text(text, source_name, overrides);
-  if (!r.ok()) throw Error(r.message());
-  return r.config;
-}
-
 TrainConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
   ConfigResult r = validate_config_file(path, overrides);
   if (!r.ok()) throw Error(r.message());
   return r.config;
-}
-
-// ---- learning-rate schedules: deepspeed/runtime/lr_schedules.py, formula for formula ------------------
-
-namespace {
-
-// WarmupLR._get_gamma / WarmupCosineLR's warmup branch, for step < warmup steps.
-double warmup_fraction(const SchedulerConfig& s, int64_t step, int64_t warmup) {
-  if (s.warmup_type == WarmupType::Log) return std::log(static_cast<double>(step + 1)) / std::log(static_cast<double>(warmup));
-  return static_cast<double>(step) / static_cast<double>(warmup);
-}
-
-}  // namespace
-
-double lr_at(const SchedulerConfig& s, double base_lr, int64_t step) {
-  const int64_t warmup = std::max<int64_t>(2, s.warmup_num_steps);  // DeepSpeed: max(2, warmup_num_steps)
-  if (s.type == SchedulerType::WarmupCosineLR) {
-    if (step < 0) return 0.0;  // get_lr() before the first step() returns 0.0 for every group
-    double ratio;
-    if (step < warmup) {
-      ratio = s.warmup_min_ratio + warmup_fraction(s, step, warmup) * (1.0 - s.warmup_min_ratio);
-    } else {
-      double real_last_step = static_cast<double>(step - warmup + 1);
-      double real_total_steps = static_cast<double>(std::max<int64_t>(1, s.total_num_steps - warmup));
-      double progress = std::min(1.0, real_last_step / real_total_steps);  // clamped since 0.19.3
-      const double pi = std::acos(-1.0);  // Python's math.pi
-      ratio = std::max(0.0, s.cos_min_ratio + (1.0 - s.cos_min_ratio) * (1.0 + std::cos(pi * progress)) / 2.0);
-    }
-    return base_lr * ratio;
-  }
-  const double min_lr = s.warmup_min_lr;
-  const double max_lr = s.warmup_max_lr.value_or(s.type == SchedulerType::WarmupDecayLR ? 0.001 : base_lr);
-  if (step < 0) return min_lr;  // WarmupLR.get_lr() before the first step() returns min_lrs
-  double gamma;
-  if (step < warmup) {
-    gamma = warmup_fraction(s, step, warmup);
-  } else if (s.type == SchedulerType::WarmupLR) {
-    gamma = 1.0;
-  } else {
-    gamma = std::max(0.0, static_cast<double>(s.total_num_steps - step) /
-                              std::max(1.0, static_cast<double>(s.total_num_steps - warmup)));
-  }
-  return min_lr + (max_lr - min_lr) * gamma;
-}
-
-double lr_for_update(const TrainConfig& c, int64_t update) {
-  return c.scheduler ? lr_at(*c.scheduler, c.optimizer.lr, update - 1) : c.optimizer.lr;
-}
-
-// ---- output --------------------------------------------------------------------------------------------
-
-std::string TrainConfig::to_json() const {
-  Json j;
-  if (train_batch > 0) j["train_batch_size"] = train_batch;
-  if (micro_batch > 0) j["train_micro_batch_size_per_gpu"] = micro_batch;
-  if (grad_accum > 0) j["gradient_accumulation_steps"] = grad_accum;
-  Json params{{"lr", optimizer.lr},
-              {"betas", {optimizer.beta1, optimizer.beta2}},
-              {"eps", optimizer.eps},
-              {"weight_decay", optimizer.weight_decay}};
-  if (optimizer.type == "Adam") params["adam_w_mode"] = optimizer.decoupled;
-  j["optimizer"] = {{"type", optimizer.type}, {"params", params}};
-  if (scheduler) {
-    const auto& s = *scheduler;
-    Json p;
-    if (s.type != SchedulerType::WarmupLR) p["total_num_steps"] = s.total_num_steps;
-    if (s.type == SchedulerType::WarmupCosineLR) {
-      p["warmup_min_ratio"] = s.warmup_min_ratio;
-      p["cos_min_ratio"] = s.cos_min_ratio;
-    } else {
-      p["warmup_min_lr"] = s.warmup_min_lr;
-      if (s.warmup_max_lr) p["warmup_max_lr"] = *s.warmup_max_lr;
-    }
-    p["warmup_num_steps"] = s.warmup_num_steps;
-    p["warmup_type"] = s.warmup_type == WarmupType::Log ? "log" : "linear";
-    j["scheduler"] = {{"type", scheduler_type_name(s.type)}, {"params", p}};
-  }
-  j["bf16"] = {{"enabled", bf16}};
-  j["zero_optimization"] = {{"stage", zero_stage}};
-  j["tensor_parallel"] = {{"autotp_size", tp}};
-  j["gradient_clipping"] = gradient_clipping;
-  j["steps_per_print"] = steps_per_print;
-  j["seed"] = seed;
-  j["wall_clock_breakdown"] = wall_clock_breakdown;
-  return j.dump(2);
-}
-
-namespace {
-
-std::string describe_schedule(const TrainConfig& c) {
-  if (!c.scheduler) return "constant lr " + num(c.optimizer.lr);
-  const auto& s = *c.scheduler;
-  const int64_t warmup = std::max<int64_t>(2, s.warmup_num_steps);
-  const std::string kind = s.warmup_type == WarmupType::Log ? "log" : "linear";
-  std::string out = std::string(scheduler_type_name(s.type)) + ": " + kind + " warmup over " + std::to_string(warmup) + " steps";
-  if (s.type == SchedulerType::WarmupCosineLR)
-    return out + " from " + num(s.warmup_min_ratio) + " x lr to lr " + num(c.optimizer.lr) + ", cosine to " +
-           num(s.cos_min_ratio) + " x lr at step " + std::to_string(s.total_num_steps);
-  double peak = s.warmup_max_lr.value_or(c.optimizer.lr);
-  out += " from " + num(s.warmup_min_lr) + " to " + num(peak);
-  if (peak != c.optimizer.lr)
-    out += " (warmup_max_lr" + std::string(s.type == SchedulerType::WarmupDecayLR && peak == 0.001 ? ", DeepSpeed's default" : "") +
-           "; optimizer lr " + num(c.optimizer.lr) + " is not used)";
-  if (s.type == SchedulerType::WarmupDecayLR) out += ", then linear decay to 0 at step " + std::to_string(s.total_num_steps);
-  return out;
-}
-
-std::string describe_batch(const TrainConfig& c) {
-  const std::string ga = std::to_string(c.grad_accum);
-  if (c.dp > 0) {
-    std::string out = std::to_string(c.train_batch) + " samples per optimizer step = micro " +
-                      std::to_string(c.micro_batch) + " x grad_accum " + ga + " x dp " + std::to_string(c.dp);
-    if (c.tp > 1)
-      out += "\n             (DeepSpeed without an mpu counts TP replicas too and would call this train_batch_size " +
-             std::to_string(c.train_batch * c.tp) + ")";
-    return out;
-  }
-  if (c.train_batch > 0 && c.micro_batch > 0 && c.grad_accum > 0) {
-    int64_t dp = c.train_batch / (c.micro_batch * c.grad_accum);
-    return "train_batch_size " + std::to_string(c.train_batch) + " = micro " + std::to_string(c.micro_batch) +
-           " x grad_accum " + ga + " x dp " + std::to_string(dp) + ", so world size must be " + std::to_string(dp * c.tp);
-  }
-  std::string m = c.micro_batch > 0 ? std::to_string(c.micro_batch) : "?";
-  std::string g = c.grad_accum > 0 ? ga : "?";
-  std::string t = c.train_batch > 0 ? std::to_string(c.train_batch) : "micro " + m + " x grad_accum " + g + " x dp";
-  return "train_batch_size " + t + " (pass --world-size to resolve dp and check the arithmetic)";
-}
-
-std::string describe_zero(const TrainConfig& c) {
-  const std::string over = c.dp > 0 ? "dp " + std::to_string(c.dp) : "the dp group";
-  switch (c.zero_stage) {
-    case 0: return "stage 0: optimizer state replicated on every rank; gradients all-reduced over " + over;
-    case 1: return "stage 1: fp32 master weights and Adam moments partitioned over " + over +
-                   "; gradients reduced once per optimizer step, updated weights all-gathered";
-    default: return "stage 2: fp32 master weights, Adam moments and gradients partitioned over " + over;
-  }
-}
-
-}  // namespace
-
-std::string check_report(const TrainConfig& c) {
-  std::ostringstream out;
-  const auto& o = c.optimizer;
-  out << c.source << ": ok\n";
-  out << "  mesh       tp " << c.tp << " x dp " << (c.dp > 0 ? std::to_string(c.dp) : "?") << " = world "
-      << (c.world_size > 0 ? std::to_string(c.world_size) : "?") << " (TP groups: consecutive ranks)\n";
-  out << "  batch      " << describe_batch(c) << "\n";
-  out << "  optimizer  " << o.type << " lr " << num(o.lr) << ", betas (" << num(o.beta1) << ", " << num(o.beta2)
-      << "), eps " << num(o.eps) << ", weight_decay " << num(o.weight_decay)
-      << (o.decoupled ? " (decoupled weight decay)" : " (L2 weight decay, added to the gradient)") << "\n";
-  out << "  schedule   " << describe_schedule(c) << "\n";
-  out << "  precision  " << (c.bf16 ? "bf16 weights, activations and gradients; fp32 master weights" : "fp32") << "\n";
-  out << "  ZeRO       " << describe_zero(c) << "\n";
-  out << "  clipping   " << (c.gradient_clipping > 0 ? "global gradient norm " + num(c.gradient_clipping) : "off") << "\n";
-  out << "  logging    every " << c.steps_per_print << " steps; seed " << c.seed << "\n";
-  if (!c.no_effect.empty()) {
-    out << "  no effect ";
-    for (size_t i = 0; i < c.no_effect.size(); ++i) out << (i ? ", " : " ") << c.no_effect[i];
-    out << "\n";
-  }
-  return out.str();
 }
 
 }  // namespace autotp

@@ -1,0 +1,101 @@
+// Private to the config reader (runtime/config_*.cpp): what the two phases of validate_config_text
+// share, and the text helpers their messages and reports use. The public API is runtime/config.h.
+//   1. walk the JSON in file order: every key is known, rejected with a reason, or unknown (with the
+//      closest valid key); every leaf has the right type. Typed values land in `Raw`. (config_read.cpp)
+//   2. resolve what depends on several keys or on the world size: tp and dp, batch arithmetic,
+//      "auto" values a CLI flag may supply, optimizer defaults, ZeRO stage against tp. (config_validate.cpp)
+// Problems from both phases are collected; nothing stops at the first one.
+// DeepSpeed facts cited in these files are from deepspeed/runtime/{config.py,constants.py,engine.py,
+// lr_schedules.py,precision_config.py,zero/config.py,tensor_parallel/config.py} at v0.19.6.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/config.h"
+
+namespace autotp::config_detail {
+
+// Ordered, so problems come out in the order the keys appear in the file.
+using Json = nlohmann::ordered_json;
+
+// ---- text helpers --------------------------------------------------------------------------------
+
+// Shortest text that reads back as the same double: 0.0003, not 0.00029999999999999997.
+inline std::string num(double v) {
+  char buf[40];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+// A JSON value as the user wrote it, on one line and short enough for a message.
+inline std::string show(const Json& v) {
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+// One problem is one line, whatever a parser or a value put into the text.
+inline std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+inline const std::string kAutoPrefix = "\"auto\" is filled in only by the Hugging Face Trainer; ";
+
+inline const std::string kFp16 = "autotp trains in bf16 (bf16.enabled) or fp32; fp16 needs loss scaling, which autotp "
+                                 "does not implement";
+
+// ---- what phase 1 records --------------------------------------------------------------------------
+
+// A key that "auto" may leave open for a CLI flag to fill.
+template <typename T>
+struct Slot {
+  bool present = false;
+  bool is_auto = false;
+  std::optional<T> value;  // unset when present: the type problem is already reported
+};
+
+struct Raw {
+  Slot<int64_t> train_batch, micro, grad_accum;
+  Slot<double> lr;
+  std::optional<int64_t> autotp_size, tp_size;
+  std::string tp_size_path;
+  std::optional<std::string> tp_dtype;
+  std::optional<int64_t> stage;
+  std::optional<bool> bf16;
+  bool bf16_bad = false;  // bf16.enabled had a problem of its own
+  std::optional<std::string> optimizer_type;  // canonical "AdamW" / "Adam"
+  std::optional<double> beta1, beta2, eps, weight_decay;
+  std::optional<bool> adam_w_mode, torch_adam;
+  std::optional<SchedulerConfig> scheduler;
+};
+
+struct Ctx {
+  const ConfigOverrides& overrides;
+  TrainConfig& cfg;
+  Raw raw;
+  std::vector<ConfigProblem> problems;
+  void add(const std::string& path, const std::string& message) { problems.push_back({path, one_line(message)}); }
+};
+
+// ---- phase 1 (config_read.cpp) ---------------------------------------------------------------------
+
+// The JSON in `text` (comments allowed), or nullopt after adding its syntax error to `problems`.
+// A repeated key is a problem too, though the text still parses.
+std::optional<Json> parse_json(const std::string& text, std::vector<ConfigProblem>& problems);
+
+// Phase 1 over the top-level object `root`: typed values into ctx.raw (and the keys that need no
+// other key straight into ctx.cfg), problems into ctx.problems.
+void read_config(Ctx& ctx, const Json& root);
+
+}  // namespace autotp::config_detail
