@@ -45,12 +45,14 @@ StepResult step(torch::jit::Module& module, const Batch& b, bool vocab_split, in
   return r;
 }
 
-double rel(const at::Tensor& got, const at::Tensor& ref) {
-  auto g = got.to(at::kDouble), f = ref.to(at::kDouble);
-  const double scale = f.abs().max().item<double>();
-  const double diff = (g - f).abs().max().item<double>();
+// max |got - ref| / max |whole|: `whole` is the full reference tensor when `ref` is a rank's slice
+// of it, so a slice's error is the number the re-assembled comparison gives.
+double rel(const at::Tensor& got, const at::Tensor& ref, const at::Tensor& whole) {
+  const double scale = whole.to(at::kDouble).abs().max().item<double>();
+  const double diff = (got.to(at::kDouble) - ref.to(at::kDouble)).abs().max().item<double>();
   return scale > 0 ? diff / scale : diff;
 }
+double rel(const at::Tensor& got, const at::Tensor& ref) { return rel(got, ref, ref); }
 
 Batch make_batch(const std::vector<int64_t>& shape, int64_t vocab, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -120,12 +122,9 @@ const ParamPlan& plan_of(const Setup& s, const std::string& name) {
   return *it->second;
 }
 
-void compare_grad(VerifyReport& r, const std::string& name, const at::Tensor& got, const at::Tensor& ref) {
-  const double e = rel(got, ref);
-  if (!r.grad_errors.empty() && r.grad_errors.back().first == name)
-    r.grad_errors.back().second = std::max(r.grad_errors.back().second, e);
-  else
-    r.grad_errors.push_back({name, e});
+// One parameter's gradient error, once per parameter.
+void record_grad(VerifyReport& r, const std::string& name, double e) {
+  r.grad_errors.push_back({name, e});
   if (e >= r.grads_rel) {
     r.grads_rel = e;
     r.worst_grad = name;
@@ -234,12 +233,12 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
       if (it == results[r].grads.end()) throw Error("verify: rank " + std::to_string(r) + " has no gradient for " + name);
       shards.push_back(it->second);
     }
-    if (p.split_dim >= 0) {
-      compare_grad(rep, name, at::cat(shards, p.split_dim), ref);
-    } else {
-      for (int r = 0; r < tp; ++r) compare_grad(rep, name, shards[r], ref);  // each replica in full
-      rep.grads_compared -= tp - 1;
-    }
+    double e = 0;
+    if (p.split_dim >= 0)
+      e = rel(at::cat(shards, p.split_dim), ref);
+    else
+      for (const auto& replica : shards) e = std::max(e, rel(replica, ref));  // each replica in full
+    record_grad(rep, name, e);
   }
   return rep;
 }
@@ -265,9 +264,7 @@ VerifyReport verify_on_mesh(const std::string& path, const VerifyOptions& o, Mes
   auto slice_rel = [&](const at::Tensor& got, const at::Tensor& ref, int dim) {
     if (dim < 0) return rel(got, ref);
     const int64_t len = ref.size(dim) / tp;
-    const double scale = ref.abs().max().item<double>();
-    const double diff = (got.to(at::kDouble) - ref.narrow(dim, r * len, len).to(at::kDouble)).abs().max().item<double>();
-    return scale > 0 ? diff / scale : diff;
+    return rel(got, ref.narrow(dim, r * len, len), ref);
   };
   rep.logits_rel = slice_rel(res.logits, s.reference.logits, vocab_split ? static_cast<int>(res.logits.dim()) - 1 : -1);
   rep.loss_sharded = res.loss;
@@ -275,13 +272,7 @@ VerifyReport verify_on_mesh(const std::string& path, const VerifyOptions& o, Mes
   for (const auto& [name, ref] : s.reference.grads) {
     auto it = res.grads.find(name);
     if (it == res.grads.end()) throw Error("verify: rank " + std::to_string(r) + " has no gradient for " + name);
-    const double e = slice_rel(it->second, ref, plan_of(s, name).split_dim);
-    rep.grad_errors.push_back({name, e});
-    if (e >= rep.grads_rel) {
-      rep.grads_rel = e;
-      rep.worst_grad = name;
-    }
-    rep.grads_compared += 1;
+    record_grad(rep, name, slice_rel(it->second, ref, plan_of(s, name).split_dim));
   }
   // Agree on the worst over all ranks (world group, so the tp counts above stay one step's).
   at::Tensor worst = at::tensor({rep.logits_rel, rep.loss_rel, rep.grads_rel}, at::kDouble);
