@@ -1,15 +1,18 @@
 // Tensor-parallel analysis: sharding propagation over a ModelGraph, read off as a TpPlan.
 //
-// Preconditions: a ModelGraph (inlined forward) and its probe values (concrete sizes of every value).
-// Method: every linear whose input is replicated is tried column-parallel (output split on its
-// feature dim); the split is propagated through views/reshapes (DESIGN.md's three reshape rules),
-// transposes, expands, element-wise ops, matmuls, softmax, scaled_dot_product_attention and rotary
-// embeddings. A linear whose input arrives split on its contraction dim is row-parallel (output
-// all-reduced). Embeddings are vocab-parallel; a column-parallel output that leaves the graph is a
-// vocab-split lm-head. A known op that needs the full split dim (a norm over it, a softmax over it)
-// sends the linears the split came from back to replicated, and propagation restarts. An op the
-// rules do not know, on a split value, is an error naming the op, its source location and shape.
-// Parameter names are never consulted.
+// Preconditions: a ModelGraph (inlined forward) and its probe values (concrete sizes of every
+// value, and whether it carries a gradient).
+// Method (propagate.cpp, rules in rules_*.cpp): every linear whose input is replicated is tried
+// column-parallel (output split on its feature dim); DTensor's placements (Replicate, Shard(d),
+// Partial) are propagated through every op by a rule keyed by the op's schema, list elements
+// included. A linear whose input arrives split on its contraction dim is row-parallel (its output
+// is Partial and is all-reduced where it is made). Embeddings are vocab-parallel; a
+// column-parallel output that leaves the graph is a vocab-split lm-head. A replicated operand that
+// carries a gradient into a split or partial result gets copy_to_tp at that use (its gradient is
+// partial otherwise). A known op that needs the full split dim sends the linears the split came
+// from back to replicated, and propagation restarts. An op with no rule, on a split or partial
+// value, is an error naming the op, its source location and shape. Parameter names are never
+// consulted.
 #pragma once
 
 #include <map>
@@ -17,8 +20,8 @@
 #include <vector>
 
 #include "autotp/plan.h"
-#include "model_graph.h"
-#include "shape_probe.h"
+#include "passes/model_graph.h"
+#include "passes/shape_probe.h"
 
 namespace autotp {
 
@@ -27,8 +30,12 @@ struct ShardingStructure {
   enum class Mode { Column, Row, Replicated };
   struct Linear {
     torch::jit::Node* node = nullptr;
-    int weight = -1;  // index into ModelGraph::tensors
+    size_t weight_input = 1;       // aten::linear(x, W, b): 1; matmul(x, W.t()): 1
+    int weight = -1;               // index into ModelGraph::tensors
+    int column_dim = 0;            // dim of the parameter split when column-parallel
+    int row_dim = 1;               // ... when row-parallel
     int bias = -1;
+    int bias_input = -1;           // input index of the bias, -1 without one
     Mode mode = Mode::Replicated;
     std::string reason;
     bool logits = false;           // column-parallel output leaves the graph (vocab-split lm-head)
@@ -55,21 +62,50 @@ struct ShardingStructure {
     int tensor = -1;
     torch::jit::Node* node = nullptr;
   };
+  // A replicated value with a gradient used where the result is split or partial: copy_to_tp goes
+  // between it and these uses (node, input offset).
+  struct Copy {
+    torch::jit::Value* value = nullptr;
+    std::vector<std::pair<torch::jit::Node*, size_t>> uses;
+    std::vector<int> params;  // parameters the value is a view of (their gradient is all-reduced)
+    std::string reason;       // the first use, as "aten::mul at file.py:12"
+    bool for_linear = false;  // only column linears use it (the Megatron copy_to_tp)
+    int64_t bytes = 0;        // of the value on the example input: what its gradient's all-reduce moves
+  };
+  // A Partial output: all-reduced where it is made (reduce_from_tp). A row linear's bias is
+  // dropped from the op and added once after the reduce.
+  struct Reduce {
+    torch::jit::Node* node = nullptr;
+    int bias_input = -1;
+    int linear = -1;
+    int64_t bytes = 0;  // of the output on the example input
+  };
   std::vector<Linear> linears;
   std::vector<Embedding> embeddings;
   std::vector<Rescale> rescales;
   std::vector<Constraint> constraints;
-  std::map<int, std::string> tensor_use;  // tensors read outside linear/embedding: first such op
+  std::vector<Copy> copies;
+  std::vector<Reduce> reduces;
+  std::map<int, std::string> tensor_use;  // tensors read in full (outside linear/embedding): first reader
 };
 
-// Throws autotp::Error for graphs the rules do not cover.
-ShardingStructure propagate(const ModelGraph& mg, const ProbeValues& values);
+// Linears forced to stay replicated, with the reason (a back-off, or a user's edited plan).
+using ForcedReplicated = std::map<torch::jit::Node*, std::string>;
 
-// Turns the structure into a plan for one tp; throws autotp::Error when tp does not divide a split
-// dimension (naming each one and listing the valid tp values) or when no transformer block exists.
+// Throws autotp::Error for graphs the rules do not cover.
+ShardingStructure propagate(const ModelGraph& mg, const ProbeValues& values, ForcedReplicated forced = {});
+
+// Turns the structure into a plan for one tp (with the graph sites the rewrite edits); throws
+// autotp::Error when tp does not divide a split dimension (naming each one and listing the valid tp
+// values) or when no transformer block exists.
 TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp);
 
-// load-free convenience: probe + propagate + make_plan.
+// probe + propagate + make_plan.
 TpPlan analyze(const ModelGraph& mg, int tp);
+
+// The linears a plan keeps replicated although the analysis would split them (a user's edit):
+// analysis with them forced, checked against every placement of the plan. Throws autotp::Error
+// naming the first parameter whose placement the edit makes inconsistent.
+TpPlan replan(const ModelGraph& mg, const TpPlan& edited);
 
 }  // namespace autotp

@@ -1,6 +1,8 @@
 #include "model_graph.h"
 
+#include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <tuple>
 
@@ -108,6 +110,48 @@ const char* graph_kind_name(GraphKind k) {
     case GraphKind::Frozen: return "frozen";
   }
   return "?";
+}
+
+std::vector<Node*> numbered_nodes(const torch::jit::Graph& graph) {
+  std::vector<Node*> out;
+  // Depth first, in program order: a block's nodes, each followed by its own nested blocks.
+  std::function<void(torch::jit::Block*)> visit = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      out.push_back(n);
+      for (auto* inner : n->blocks()) visit(const_cast<torch::jit::Block*>(inner));
+    }
+  };
+  visit(const_cast<torch::jit::Block*>(graph.block()));
+  return out;
+}
+
+std::string graph_fingerprint(const torch::jit::Graph& graph) {
+  // FNV-1a over each node's kind and, for each input, the number of the node that made it.
+  std::unordered_map<const Value*, int64_t> made_by;
+  for (size_t i = 0; i < graph.inputs().size(); ++i) made_by[graph.inputs()[i]] = -1 - static_cast<int64_t>(i);
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t x) {
+    for (int b = 0; b < 8; ++b) {
+      h ^= (x >> (8 * b)) & 0xff;
+      h *= 1099511628211ull;
+    }
+  };
+  int64_t k = 0;
+  auto nodes = numbered_nodes(graph);
+  for (Node* n : nodes) {
+    for (auto* out : n->outputs()) made_by[out] = k;
+    for (auto* b : n->blocks())
+      for (auto* in : b->inputs()) made_by[in] = k;
+    mix(std::hash<std::string>{}(n->kind().toQualString()));
+    for (auto* in : n->inputs()) {
+      auto it = made_by.find(in);
+      mix(static_cast<uint64_t>(it == made_by.end() ? 1 << 30 : it->second));
+    }
+    ++k;
+  }
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%zu-%016llx", nodes.size(), static_cast<unsigned long long>(h));
+  return buf;
 }
 
 std::string source_of(const Node* node) {

@@ -43,6 +43,11 @@ struct ModelGraph {
 ModelGraph load_model_graph(const std::string& path);
 ModelGraph model_graph_from(const torch::jit::Module& module, const std::string& label);
 
+// The graph's nodes in order, nested blocks depth first: a node's position is its number in a plan.
+std::vector<torch::jit::Node*> numbered_nodes(const torch::jit::Graph& graph);
+// A digest of the graph's structure (node kinds and how values connect), to match a plan to it.
+std::string graph_fingerprint(const torch::jit::Graph& graph);
+
 // "file.py:123" as the graph records it, or "<unknown>".
 std::string source_of(const torch::jit::Node* node);
 // The module the node came from ("model.layers.0.self_attn"), from the trace scope or the inlined

@@ -1,16 +1,18 @@
 // The rewrite pass: a TpPlan made real for one tensor-parallel rank (see autotp/rewrite.h).
 //
-// Preconditions: `module` has a forward that the analysis accepts; `plan` was made by the
-// analysis of the same model (checked: the placements are re-derived and compared).
-// Method: clone the module (new classes, tensors shared until replaced), re-run the analysis on the
-// clone to get node pointers into a private inlined graph, edit that graph (collectives, vocab-
-// parallel embedding, rescaled sizes), replace parameters by slices, then make the edited graph the
-// clone's forward. Edits, by the structure the analysis found:
-//   column linear  its input goes through copy_to_tp (one per distinct input: q/k/v share one)
-//   row linear     output -> reduce_from_tp; a bias is dropped from the linear and added after
-//   embedding      aten::embedding -> autotp::vocab_parallel_embedding on this rank's rows
-//   size constant  the list entry on a split dim becomes from/tp (the module attribute is left as
-//                  it was: other reads of it are not on a split dim)
+// Preconditions: `plan` was made by the analysis of this model (checked: the plan's graph
+// fingerprint and parameter shapes must match the module's flat graph). No analysis runs here:
+// the plan's sites name the nodes to edit by number in the flat graph.
+// Method: clone the module (new classes, tensors shared until replaced), build its flat graph,
+// edit it at the plan's sites, replace parameters by slices, make the edited graph the clone's
+// forward. Edits:
+//   copy             copy_to_tp between a replicated value and its uses on split work (the input
+//                    of q/k/v, a norm weight used on heads): identity forward, gradient all-reduced
+//   reduce           a partial result -> reduce_from_tp; a row linear's bias is dropped from the op
+//                    and added once after
+//   embedding        aten::embedding -> autotp::vocab_parallel_embedding on this rank's rows
+//   rescale          the size-list entry on a split dim becomes from/tp (the module attribute is left
+//                    as it was: other reads of it are not on a split dim)
 #include <algorithm>
 #include <map>
 
@@ -20,9 +22,7 @@
 
 #include "autotp/error.h"
 #include "autotp/rewrite.h"
-#include "passes/analyze.h"
 #include "passes/model_graph.h"
-#include "passes/shape_probe.h"
 
 namespace autotp {
 namespace {
@@ -32,7 +32,6 @@ using torch::jit::NamedValue;
 using torch::jit::Node;
 using torch::jit::Value;
 using torch::jit::WithInsertPoint;
-using Mode = ShardingStructure::Mode;
 
 const c10::Symbol kCopy = c10::Symbol::fromQualString("autotp::copy_to_tp");
 const c10::Symbol kReduce = c10::Symbol::fromQualString("autotp::reduce_from_tp");
@@ -52,14 +51,14 @@ void set_tensor_attr(torch::jit::Module root, const std::string& path, const at:
 
 class Rewriter {
  public:
-  Rewriter(ModelGraph& mg, const ShardingStructure& s, const TpPlan& plan, int rank)
-      : mg_(mg), s_(s), plan_(plan), g_(*mg.graph), tp_(plan.tp), rank_(rank) {}
+  Rewriter(ModelGraph& mg, const TpPlan& plan, int rank)
+      : mg_(mg), plan_(plan), g_(*mg.graph), nodes_(numbered_nodes(*mg.graph)), tp_(plan.tp), rank_(rank) {}
 
   void run() {
     insert_copies();
     insert_reduces();
-    replace_embeddings();
     rescale_sizes();
+    replace_embeddings();
     replace_tensors();
     torch::jit::EliminateDeadCode(mg_.graph);
     g_.lint();
@@ -68,33 +67,33 @@ class Rewriter {
  private:
   std::vector<NamedValue> tp_args(Value* x) { return {NamedValue(x), NamedValue(std::string("tp")), NamedValue(int64_t{tp_})}; }
 
+  Node* node(int64_t k) const {
+    if (k < 0 || k >= static_cast<int64_t>(nodes_.size()))
+      throw Error(plan_.model + ": the plan names graph node " + std::to_string(k) + " of " + std::to_string(nodes_.size()) +
+                  "; make the plan from this model");
+    return nodes_[static_cast<size_t>(k)];
+  }
+
   void insert_copies() {
-    std::map<Value*, std::vector<Node*>> by_input;
-    std::vector<Value*> order;
-    for (const auto& l : s_.linears) {
-      if (l.mode != Mode::Column) continue;
-      Value* x = l.node->input(0);
-      if (!by_input.count(x)) order.push_back(x);
-      by_input[x].push_back(l.node);
-    }
-    for (Value* x : order) {
-      const auto& users = by_input[x];
-      WithInsertPoint at(users.front());  // linears are in graph order: the first one comes first
+    for (const auto& c : plan_.sites.copies) {
+      Value* x = c.node < 0 ? g_.inputs().at(static_cast<size_t>(c.output)) : node(c.node)->outputs().at(static_cast<size_t>(c.output));
+      int64_t first = c.uses.front().node;
+      for (const auto& u : c.uses) first = std::min(first, u.node);
+      WithInsertPoint at(node(first));
       Value* copied = g_.insert(kCopy, tp_args(x));
-      for (Node* lin : users) lin->replaceInput(0, copied);
+      for (const auto& u : c.uses) node(u.node)->replaceInput(static_cast<size_t>(u.input), copied);
     }
   }
 
   void insert_reduces() {
-    for (const auto& l : s_.linears) {
-      if (l.mode != Mode::Row) continue;
-      Node* n = l.node;
+    for (const auto& r : plan_.sites.reduces) {
+      Node* n = node(r.node);
       Value* y = n->output();
       auto uses = y->uses();
-      Value* bias = n->inputs().size() > 2 && !is_none(n->input(2)) ? n->input(2) : nullptr;
+      Value* bias = r.bias_input >= 0 && !is_none(n->input(static_cast<size_t>(r.bias_input))) ? n->input(static_cast<size_t>(r.bias_input)) : nullptr;
       if (bias) {
         WithInsertPoint before(n);
-        n->replaceInput(2, g_.insertConstant(c10::IValue()));
+        n->replaceInput(static_cast<size_t>(r.bias_input), g_.insertConstant(c10::IValue()));
       }
       WithInsertPoint after(n->next());
       Value* out = g_.insert(kReduce, tp_args(y));
@@ -104,12 +103,12 @@ class Rewriter {
   }
 
   void replace_embeddings() {
-    for (const auto& e : s_.embeddings) {
-      Node* n = e.node;
+    for (int64_t k : plan_.sites.embeddings) {
+      Node* n = node(k);
       for (size_t i = 3; i < n->inputs().size(); ++i) {
         auto flag = torch::jit::toIValue(n->input(i));
         if (!flag || (flag->isBool() && flag->toBool()))
-          throw Error(mg_.path + ": " + mg_.tensors[e.weight].name + " is looked up with scale_grad_by_freq or sparse " +
+          throw Error(mg_.path + ": " + source_of(n) + ": an embedding is looked up with scale_grad_by_freq or sparse " +
                       "gradients, which the vocab-parallel embedding does not support; export with both False");
       }
       WithInsertPoint at(n);
@@ -121,17 +120,17 @@ class Rewriter {
   }
 
   void rescale_sizes() {
-    for (const auto& r : s_.rescales) {
-      Node* n = r.node;
-      Node* list = n->input(r.list_input)->node();
+    for (const auto& r : plan_.sites.rescales) {
+      Node* n = node(r.node);
+      Node* list = n->input(static_cast<size_t>(r.list_input))->node();
       if (list->kind() != c10::prim::ListConstruct)
         throw Error(mg_.path + ": " + source_of(n) + ": the size list of " + n->kind().toQualString() +
                     " is not built in place, so its split size " + std::to_string(r.from) + " cannot be rescaled");
       WithInsertPoint at(n);
       std::vector<Value*> items(list->inputs().begin(), list->inputs().end());
-      items[r.list_index] = g_.insertConstant(r.from / tp_);
+      items.at(static_cast<size_t>(r.list_index)) = g_.insertConstant(r.to);
       Node* fresh = g_.insertNode(g_.createList(c10::IntType::get(), items));
-      n->replaceInput(r.list_input, fresh->output());
+      n->replaceInput(static_cast<size_t>(r.list_input), fresh->output());
     }
   }
 
@@ -171,9 +170,9 @@ class Rewriter {
   }
 
   ModelGraph& mg_;
-  const ShardingStructure& s_;
   const TpPlan& plan_;
   Graph& g_;
+  std::vector<Node*> nodes_;
   int tp_, rank_;
 };
 
@@ -196,24 +195,27 @@ std::string shape_text(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-void check_same_plan(const TpPlan& given, const TpPlan& derived) {
-  std::map<std::string, const ParamPlan*> mine;
-  for (const auto& p : derived.parameters) mine[p.name] = &p;
-  for (const auto& p : given.parameters) {
-    auto it = mine.find(p.name);
-    if (it == mine.end())
-      throw Error(given.model + ": the plan names parameter " + p.name + ", which this module does not have; "
-                  "make the plan from this model");
-    if (it->second->shape != p.shape)
-      throw Error(given.model + ": the plan has " + p.name + " of shape " + shape_text(p.shape) + " but this module's is " +
-                  shape_text(it->second->shape) + "; make the plan from this model");
-    if (it->second->placement != p.placement)
-      throw Error(given.model + ": the plan says " + p.name + " is " + placement_name(p.placement) + " but this module's " +
-                  "analysis finds " + placement_name(it->second->placement) + "; make the plan from this model");
+// The plan must be this model's: same flat graph, same parameters and shapes.
+void check_plan_fits(const TpPlan& plan, const ModelGraph& mg) {
+  if (plan.sites.fingerprint.empty())
+    throw Error(plan.model + ": the plan has no graph sites; make it with autotp inspect --json or autotp rewrite of this autotp version");
+  const std::string mine = graph_fingerprint(*mg.graph);
+  if (plan.sites.fingerprint != mine)
+    throw Error(plan.model + ": the plan was made for another model (graph " + plan.sites.fingerprint + ", this model's is " + mine +
+                "); make the plan from this model");
+  std::map<std::string, const TensorEntry*> mine_by_name;
+  for (const auto& e : mg.tensors) mine_by_name[e.name] = &e;
+  for (const auto& p : plan.parameters) {
+    auto it = mine_by_name.find(p.name);
+    if (it == mine_by_name.end())
+      throw Error(plan.model + ": the plan names parameter " + p.name + ", which this module does not have; make the plan from this model");
+    if (it->second->tensor.sizes().vec() != p.shape)
+      throw Error(plan.model + ": the plan has " + p.name + " of shape " + shape_text(p.shape) + " but this module's is " +
+                  shape_text(it->second->tensor.sizes().vec()) + "; make the plan from this model");
+    if (p.split_dim >= 0 && p.shape.at(static_cast<size_t>(p.split_dim)) % plan.tp != 0)
+      throw Error(plan.model + ": the plan splits " + p.name + " on dim " + std::to_string(p.split_dim) + " of " + shape_text(p.shape) +
+                  ", which tp=" + std::to_string(plan.tp) + " does not divide");
   }
-  if (given.parameters.size() != derived.parameters.size())
-    throw Error(given.model + ": the plan lists " + std::to_string(given.parameters.size()) + " parameters, this module has " +
-                std::to_string(derived.parameters.size()) + "; make the plan from this model");
 }
 
 }  // namespace
@@ -227,22 +229,18 @@ torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan,
                 "; rewrite the original model");
   torch::jit::Module out = module.clone(/*inplace=*/true);
   ModelGraph mg = model_graph_from(out, plan.model);
-  ShardingStructure s = propagate(mg, probe(mg, example_inputs(mg)));
-  TpPlan derived = make_plan(mg, s, plan.tp);
-  check_same_plan(plan, derived);
-  Rewriter(mg, s, derived, tp_rank).run();
+  check_plan_fits(plan, mg);
+  Rewriter(mg, plan, tp_rank).run();
   install_forward(out, *mg.graph);
 
-  int64_t vocab = 0;
-  for (const auto& l : s.linears)
-    if (l.logits) vocab = mg.tensors[l.weight].tensor.size(0);
+  const int64_t vocab = plan.sites.vocab;
   out.register_attribute("autotp_tp", c10::IntType::get(), int64_t{plan.tp});
   out.register_attribute("autotp_tp_rank", c10::IntType::get(), int64_t{tp_rank});
   out.register_attribute("autotp_vocab", c10::IntType::get(), vocab);
   // Which parameters are shards (every name of a tied one): the optimizer counts replicated ones
   // once across the TP group, also when training starts from a saved rank archive.
   c10::List<std::string> split;
-  for (const auto& p : derived.parameters)
+  for (const auto& p : plan.parameters)
     if (p.split_dim >= 0) {
       split.push_back(p.name);
       for (const auto& a : p.aliases) split.push_back(a);

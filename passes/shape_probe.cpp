@@ -122,7 +122,8 @@ std::vector<c10::IValue> example_inputs(const ModelGraph& mg) {
 }
 
 ProbeValues probe(const ModelGraph& mg, const std::vector<c10::IValue>& inputs) {
-  c10::NoGradGuard no_grad;
+  // Gradients on: whether a value carries one decides where copy_to_tp goes (see passes/rules.h).
+  c10::AutoGradMode grad(true);
   ProbeValues env;
   Prober p{mg, env};
   std::vector<c10::IValue> all{mg.module._ivalue()};

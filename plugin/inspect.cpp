@@ -20,8 +20,11 @@ TpPlan inspect(const std::string& model_path, int tp) {
 }
 
 TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label) {
-  ModelGraph mg = model_graph_from(module, label);
-  return make_plan(mg, propagate(mg, probe(mg, example_inputs(mg))), tp);
+  return analyze(model_graph_from(module, label), tp);
+}
+
+TpPlan check_plan(const torch::jit::Module& module, const TpPlan& edited, const std::string& label) {
+  return replan(model_graph_from(module, label), edited);
 }
 
 std::string user_message(const std::exception& e) {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autotp/autotp.h"
+#include "autotp/error.h"
 
 namespace autotp {
 
@@ -30,19 +31,106 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
   for (const auto& p : plan.parameters) {
     j["parameters"].push_back({{"name", p.name}, {"aliases", p.aliases}, {"shape", p.shape}, {"dtype", p.dtype},
                                {"placement", placement_name(p.placement)}, {"split_dim", p.split_dim},
-                               {"reason", p.reason}, {"bytes", p.bytes}, {"bytes_per_rank", p.bytes_per_rank}});
+                               {"reason", p.reason}, {"bytes", p.bytes}, {"bytes_per_rank", p.bytes_per_rank},
+                               {"grad", p.grad}});
   }
   j["rescaled"] = json::array();
   for (const auto& r : plan.rescaled)
     j["rescaled"].push_back({{"where", r.where}, {"value", r.value}, {"from", r.from}, {"to", r.to}, {"source", r.source}});
   j["collectives"] = json::array();
   for (const auto& c : plan.collectives)
-    j["collectives"].push_back({{"kind", c.kind}, {"where", c.where}, {"source", c.source}});
+    j["collectives"].push_back({{"kind", c.kind}, {"where", c.where}, {"source", c.source}, {"bytes", c.bytes}});
   j["constraints"] = json::array();
   for (const auto& c : plan.constraints)
     j["constraints"].push_back({{"dimension", c.dimension}, {"extent", c.extent}, {"where", c.where}, {"source", c.source}});
   j["bytes"] = {{"total", plan.bytes.total}, {"per_rank", plan.bytes.per_rank}, {"replicated", plan.bytes.replicated}};
+  const auto& g = plan.sites;
+  json sites{{"fingerprint", g.fingerprint}, {"vocab", g.vocab}, {"embeddings", g.embeddings}};
+  sites["copies"] = json::array();
+  for (const auto& c : g.copies) {
+    json uses = json::array();
+    for (const auto& u : c.uses) uses.push_back({u.node, u.input});
+    sites["copies"].push_back({{"node", c.node}, {"output", c.output}, {"uses", uses}});
+  }
+  sites["reduces"] = json::array();
+  for (const auto& r : g.reduces) sites["reduces"].push_back({{"node", r.node}, {"bias_input", r.bias_input}});
+  sites["rescales"] = json::array();
+  for (const auto& r : g.rescales)
+    sites["rescales"].push_back({{"node", r.node}, {"list_input", r.list_input}, {"list_index", r.list_index}, {"from", r.from}, {"to", r.to}});
+  j["sites"] = sites;
   return j.dump(indent);
+}
+
+namespace {
+Placement placement_from(const std::string& s, const std::string& where) {
+  for (Placement p : {Placement::Column, Placement::Row, Placement::Vocab, Placement::Replicated})
+    if (s == placement_name(p)) return p;
+  throw Error(where + ": placement '" + s + "' is not one of column, row, vocab, replicated");
+}
+}  // namespace
+
+TpPlan plan_from_json(const std::string& text, const std::string& label) {
+  using nlohmann::json;
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    std::string what = e.what();
+    throw Error(label + ": not a JSON plan (" + what.substr(0, what.find('\n')) + ")");
+  }
+  std::string key;
+  try {
+    TpPlan plan;
+    key = "model";
+    plan.model = j.at("model").get<std::string>();
+    key = "graph_kind";
+    plan.graph_kind = j.value("graph_kind", "");
+    key = "tp";
+    plan.tp = j.at("tp").get<int>();
+    key = "valid_tp";
+    plan.valid_tp = j.value("valid_tp", std::vector<int>{});
+    key = "blocks";
+    plan.blocks = j.value("blocks", 0);
+    key = "parameters";
+    for (const auto& p : j.at("parameters")) {
+      ParamPlan pp;
+      pp.name = p.at("name").get<std::string>();
+      key = "parameters[" + pp.name + "]";
+      pp.aliases = p.value("aliases", std::vector<std::string>{});
+      pp.shape = p.at("shape").get<std::vector<int64_t>>();
+      pp.dtype = p.value("dtype", "");
+      pp.placement = placement_from(p.at("placement").get<std::string>(), label + ": " + key);
+      pp.split_dim = p.value("split_dim", -1);
+      pp.reason = p.value("reason", "");
+      pp.bytes = p.value("bytes", int64_t{0});
+      pp.bytes_per_rank = p.value("bytes_per_rank", int64_t{0});
+      pp.grad = p.value("grad", "");
+      plan.parameters.push_back(std::move(pp));
+    }
+    key = "sites";
+    if (j.contains("sites")) {
+      const auto& s = j.at("sites");
+      auto& g = plan.sites;
+      g.fingerprint = s.at("fingerprint").get<std::string>();
+      g.vocab = s.value("vocab", int64_t{0});
+      g.embeddings = s.value("embeddings", std::vector<int64_t>{});
+      for (const auto& c : s.at("copies")) {
+        GraphSites::Copy cc{c.at("node").get<int64_t>(), c.at("output").get<int64_t>(), {}};
+        for (const auto& u : c.at("uses")) cc.uses.push_back({u.at(0).get<int64_t>(), u.at(1).get<int64_t>()});
+        g.copies.push_back(std::move(cc));
+      }
+      for (const auto& r : s.at("reduces")) g.reduces.push_back({r.at("node").get<int64_t>(), r.at("bias_input").get<int64_t>()});
+      for (const auto& r : s.at("rescales"))
+        g.rescales.push_back({r.at("node").get<int64_t>(), r.at("list_input").get<int64_t>(), r.at("list_index").get<int64_t>(),
+                              r.at("from").get<int64_t>(), r.at("to").get<int64_t>()});
+    }
+    return plan;
+  } catch (const Error&) {
+    throw;
+  } catch (const json::exception& e) {
+    std::string what = e.what();
+    throw Error(label + ": key " + key + ": " + what.substr(what.find(']') + 2));
+  }
 }
 
 namespace {
@@ -75,14 +163,19 @@ std::string plan_to_table(const TpPlan& plan) {
     << "shape" << "  " << std::setw(10) << "placement" << "  reason\n";
   for (const auto& p : plan.parameters) {
     o << std::left << std::setw(static_cast<int>(wname)) << p.name << "  " << std::setw(static_cast<int>(wshape))
-      << shape_str(p.shape) << "  " << std::setw(10) << placement_name(p.placement) << "  " << p.reason << "\n";
+      << shape_str(p.shape) << "  " << std::setw(10) << placement_name(p.placement) << "  " << p.reason
+      << (p.grad.empty() ? "" : "; gradient: " + p.grad) << "\n";
   }
   o << "\nrescaled sizes (" << plan.rescaled.size() << "):\n";
   if (plan.rescaled.empty()) o << "  none: every size on a split dim is inferred (-1) or read from the tensor\n";
   for (const auto& r : plan.rescaled)
     o << "  " << r.where << ": " << r.value << " " << r.from << " -> " << r.to << "  (" << r.source << ")\n";
   o << "\ncollectives (" << plan.collectives.size() << "):\n";
-  for (const auto& c : plan.collectives) o << "  " << c.kind << " " << c.where << "  (" << c.source << ")\n";
+  for (const auto& c : plan.collectives) {
+    o << "  " << c.kind << " " << c.where << "  (" << c.source << ")";
+    if (c.bytes) o << "  " << c.bytes << " bytes on the example input";
+    o << "\n";
+  }
   o << "\nsummary\n";
   o << "  transformer blocks:  " << plan.blocks << " row-parallel linears\n";
   o << "  parameter bytes:     " << plan.bytes.total << " (" << human_bytes(plan.bytes.total) << ")\n";

@@ -3,10 +3,11 @@
 //   autotp rewrite MODEL.pt --tp N --out DIR
 //   autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X]
 //   autotp check   CONFIG.json [--world-size W]
-//   autotp train   --config C.json --model M.pt --data D.tokens [--steps N] ...
+//   autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--no-verify] ...
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 #include <string>
 #include <type_traits>
@@ -25,10 +26,10 @@ namespace {
 
 const char* kUsage =
     "usage: autotp inspect MODEL.pt [--tp N] [--json]\n"
-    "       autotp rewrite MODEL.pt --tp N --out DIR\n"
+    "       autotp rewrite MODEL.pt (--tp N | --plan PLAN.json) --out DIR\n"
     "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]\n"
     "       autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--seq S] [--out DIR]\n"
-    "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X]\n"
+    "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]\n"
     "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param]\n"
     "  inspect  plan tensor parallelism for a TorchScript model: placement of every parameter,\n"
     "           sizes to rescale, collectives to insert, bytes per rank, valid tp sizes.\n"
@@ -42,7 +43,9 @@ const char* kUsage =
     "           line; or a summary of mesh, batch arithmetic, optimizer, schedule and ZeRO stage.\n"
     "           --world-size W resolves dp = W / autotp_size and checks train_batch_size.\n"
     "  train    AutoTP + ZeRO-1 training; launch with torchrun (torchrun --nproc_per_node N --no-python\n"
-    "           build/autotp train ...); without torchrun it runs as one rank.\n";
+    "           build/autotp train ...); without torchrun it runs as one rank. Before step 1 each rank\n"
+    "           checks its sharded model against the unsharded one on one small batch (--no-verify\n"
+    "           skips it); replicated parameters are compared across TP every steps_per_print steps.\n";
 
 // "--flag 12": the whole text must be the number.
 template <typename T>
@@ -99,25 +102,40 @@ struct ModelAndTp {
 
 int cmd_rewrite(const std::vector<std::string>& args) {
   ModelAndTp m;
-  std::string out;
+  std::string out, plan_path;
   for (size_t i = 0; i < args.size(); ++i) {
     const auto& a = args[i];
     if (a == "--tp") {
       m.tp = parse_int("--tp", value_of(args, i, "2"));
     } else if (a == "--out") {
       out = value_of(args, i, "DIR");
+    } else if (a == "--plan") {
+      plan_path = value_of(args, i, "PLAN.json");
     } else if (a.rfind("--", 0) == 0) {
-      throw autotp::Error("rewrite: unknown option '" + a + "'; options are --tp N and --out DIR");
+      throw autotp::Error("rewrite: unknown option '" + a + "'; options are --tp N, --plan PLAN.json and --out DIR");
     } else if (m.model.empty()) {
       m.model = a;
     } else {
       throw autotp::Error("rewrite: one model expected, got '" + m.model + "' and '" + a + "'");
     }
   }
-  if (m.model.empty() || m.tp < 1 || out.empty())
-    throw autotp::Error("rewrite: usage: autotp rewrite MODEL.pt --tp N --out DIR");
+  if (m.model.empty() || (m.tp < 1 && plan_path.empty()) || out.empty())
+    throw autotp::Error("rewrite: usage: autotp rewrite MODEL.pt (--tp N | --plan PLAN.json) --out DIR");
   auto module = autotp::load_model(m.model);
-  auto plan = autotp::plan_model(module, m.tp, m.model);
+  autotp::TpPlan plan;
+  if (plan_path.empty()) {
+    plan = autotp::plan_model(module, m.tp, m.model);
+  } else {  // a plan the user may have edited: checked against the analysis with the edits
+    std::ifstream in(plan_path);
+    if (!in) throw autotp::Error(plan_path + ": cannot read the plan");
+    std::stringstream text;
+    text << in.rdbuf();
+    autotp::TpPlan edited = autotp::plan_from_json(text.str(), plan_path);
+    if (m.tp > 0 && m.tp != edited.tp)
+      throw autotp::Error("rewrite: --tp " + std::to_string(m.tp) + " but " + plan_path + " is a plan for tp=" + std::to_string(edited.tp));
+    plan = autotp::check_plan(module, edited, plan_path);
+    m.tp = plan.tp;
+  }
   std::filesystem::create_directories(out);
   std::ofstream(out + "/plan.json") << autotp::plan_to_json(plan) << "\n";
   for (int r = 0; r < m.tp; ++r) {
@@ -204,7 +222,7 @@ int cmd_check(const std::vector<std::string>& args) {
 }
 
 // autotp train --config C.json --model M.pt --data D.tokens [--steps N] [--seq S] [--out DIR]
-//              [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X]
+//              [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]
 int cmd_train(const std::vector<std::string>& args) {
   autotp::TrainOptions o;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -220,9 +238,10 @@ int cmd_train(const std::vector<std::string>& args) {
     else if (a == "--grad-accum") o.overrides.grad_accum = parse_int(a, value_of(args, i, "2"));
     else if (a == "--lr") o.overrides.lr = parse_double(a, value_of(args, i, "3e-4"));
     else if (a == "--quiet") o.quiet = true;
+    else if (a == "--no-verify") o.verify = false;
     else
       throw autotp::Error("train: unknown argument '" + a + "'; usage: autotp train --config C.json --model M.pt --data D.tokens "
-                          "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X]");
+                          "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]");
   }
   if (o.config_path.empty() || o.model_path.empty() || o.data_path.empty())
     throw autotp::Error("train: --config, --model and --data are required; usage: autotp train --config C.json --model M.pt --data D.tokens");

@@ -13,8 +13,13 @@ namespace autotp {
 TpPlan inspect(const std::string& model_path, int tp = 0);
 
 // The plan as one JSON document (keys: model, graph_kind, tp, valid_tp, blocks, parameters,
-// rescaled, collectives, constraints, bytes).
+// rescaled, collectives, constraints, bytes, sites: the graph nodes the rewrite edits).
 std::string plan_to_json(const TpPlan& plan, int indent = 2);
+
+// A plan written by plan_to_json (perhaps edited by a user), read back. Throws autotp::Error
+// naming `label` and the key for malformed input; whether it fits a model is checked by
+// autotp::check_plan (autotp/rewrite.h).
+TpPlan plan_from_json(const std::string& text, const std::string& label);
 
 // The plan as a human table and summary.
 std::string plan_to_table(const TpPlan& plan);

@@ -21,6 +21,9 @@ struct ParamPlan {
   std::string reason;
   int64_t bytes = 0;                 // full size
   int64_t bytes_per_rank = 0;        // this rank's share at the plan's tp
+  // "tp all-reduce" for a replicated parameter used on split values: each rank's gradient covers
+  // only its own heads or features, so it is summed over the TP group (copy_to_tp at that use).
+  std::string grad;
 };
 
 // A size that sits on a split dim and must shrink by tp: a constant or a module attribute read at
@@ -38,6 +41,32 @@ struct CollectiveSite {
   std::string kind;    // copy_to_tp | reduce_from_tp | vocab_embedding_reduce | vocab_parallel_logits
   std::string where;   // the parameter(s) it belongs to
   std::string source;
+  int64_t bytes = 0;   // bytes one all-reduce moves on the analysis's example input (0: per-token ops)
+};
+
+// Where the rewrite edits the graph, by position in the model's flat forward graph (nodes numbered
+// in order, nested blocks depth first). Derived by the analysis; `fingerprint` names the graph the
+// numbers refer to, so a plan is never applied to another model.
+struct GraphSites {
+  struct Use {
+    int64_t node = 0, input = 0;
+  };
+  struct Copy {  // copy_to_tp of output `output` of node `node` (-1: graph input `output`) at `uses`
+    int64_t node = 0, output = 0;
+    std::vector<Use> uses;
+  };
+  struct Reduce {  // reduce_from_tp after node; its bias input (or -1) is added once after
+    int64_t node = 0, bias_input = -1;
+  };
+  struct Rescale {  // entry list_index of the size list at input list_input of node: from -> to
+    int64_t node = 0, list_input = 0, list_index = 0, from = 0, to = 0;
+  };
+  std::string fingerprint;
+  std::vector<Copy> copies;
+  std::vector<Reduce> reduces;
+  std::vector<int64_t> embeddings;
+  std::vector<Rescale> rescales;
+  int64_t vocab = 0;  // full vocabulary when the logits leave the graph vocab-split, else 0
 };
 
 // A dimension the plan splits; tp must divide its extent.
@@ -65,6 +94,7 @@ struct TpPlan {
   std::vector<CollectiveSite> collectives;
   std::vector<SplitConstraint> constraints;
   PlanBytes bytes;
+  GraphSites sites;
 };
 
 }  // namespace autotp

@@ -24,10 +24,16 @@ torch::jit::Module load_model(const std::string& path);
 // The plan for tp ranks (as `autotp inspect` prints it); `label` names the model in messages.
 TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label);
 
+// A plan a user edited (e.g. a linear kept replicated), checked against the analysis of `module`
+// with those edits: returns the consistent plan (with fresh graph sites), or throws autotp::Error
+// naming the first parameter whose placement no longer follows.
+TpPlan check_plan(const torch::jit::Module& module, const TpPlan& edited, const std::string& label);
+
 // A new module for tensor-parallel rank `tp_rank` of plan.tp: the input is untouched (its classes
 // are cloned, so scripted submodules sharing one graph stay as they were); split parameters are
 // replaced by this rank's contiguous slices, replicated ones by private copies; recorded sizes are
 // rescaled; copy_to_tp / reduce_from_tp / vocab_parallel_embedding are in its forward graph.
+// No analysis runs: the plan's graph sites say where to edit.
 // Its logits stay split over the vocabulary (see RewriteInfo). Throws autotp::Error when the plan
 // was made for another model.
 torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan, int tp_rank);

@@ -1,0 +1,335 @@
+// The plan builder: a ShardingStructure read off as a TpPlan for one tp (placements, reasons,
+// constraints and valid tp, bytes, collectives, and the graph sites the rewrite edits), and
+// replan(): a plan a user edited, checked against the analysis.
+#include <algorithm>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "autotp/error.h"
+#include "passes/analyze.h"
+
+namespace autotp {
+namespace {
+
+using torch::jit::Node;
+using torch::jit::Value;
+using Mode = ShardingStructure::Mode;
+
+int64_t gcd_all(const std::vector<int64_t>& xs) {
+  int64_t g = 0;
+  for (auto x : xs) g = std::gcd(g, x);
+  return g;
+}
+
+std::string dtype_name(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    case at::kDouble: return "float64";
+    default: return std::string(c10::toString(t.scalar_type()));
+  }
+}
+
+std::string join_shape(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+std::string names_of(const ModelGraph& mg, const ShardingStructure& s, const std::vector<int>& idx) {
+  std::string out;
+  for (size_t i = 0; i < idx.size(); ++i) out += (i ? ", " : "") + mg.tensors[s.linears[idx[i]].weight].name;
+  return out;
+}
+
+// One copy_to_tp per replicated value entering split work (the shared input of q/k/v, a norm
+// weight used on heads), one reduce_from_tp per partial result, one all-reduce per vocab-parallel
+// embedding, and the vocab-parallel cross-entropy of split logits.
+void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure& s) {
+  for (const auto& c : s.copies) {
+    std::vector<int> users;
+    for (const auto& [n, i] : c.uses)
+      for (size_t l = 0; l < s.linears.size(); ++l)
+        if (s.linears[l].node == n) users.push_back(static_cast<int>(l));
+    std::string where = c.for_linear ? "before " + names_of(mg, s, users)
+                                     : "gradient of " + (c.params.empty() ? "%" + c.value->debugName() : mg.tensors[c.params[0]].name) +
+                                           ", used on split values by " + c.reason;
+    plan.collectives.push_back({"copy_to_tp", where, source_of(c.uses.front().first), c.bytes});
+  }
+  for (const auto& r : s.reduces) {
+    std::string what = r.linear >= 0 ? mg.tensors[s.linears[r.linear].weight].name : r.node->kind().toQualString();
+    plan.collectives.push_back({"reduce_from_tp", "after " + what, source_of(r.node), r.bytes});
+  }
+  for (const auto& e : s.embeddings)
+    plan.collectives.push_back({"vocab_embedding_reduce", "after " + mg.tensors[e.weight].name, source_of(e.node), 0});
+  for (const auto& l : s.linears)
+    if (l.logits)
+      plan.collectives.push_back({"vocab_parallel_logits", "after " + mg.tensors[l.weight].name +
+                                      " (vocab-parallel cross-entropy: 3 all-reduces of [tokens]; gather_from_tp for full logits)",
+                                  source_of(l.node), 0});
+}
+
+// The sites, by node number in the flat graph.
+GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, int tp) {
+  GraphSites g;
+  g.fingerprint = graph_fingerprint(*mg.graph);
+  std::unordered_map<const Node*, int64_t> number;
+  auto nodes = numbered_nodes(*mg.graph);
+  for (size_t i = 0; i < nodes.size(); ++i) number[nodes[i]] = static_cast<int64_t>(i);
+  for (const auto& c : s.copies) {
+    GraphSites::Copy site;
+    if (c.value->node()->kind() == c10::prim::Param) {
+      site.node = -1;
+      site.output = static_cast<int64_t>(c.value->offset());
+    } else {
+      site.node = number.at(c.value->node());
+      site.output = static_cast<int64_t>(c.value->offset());
+    }
+    for (const auto& [n, i] : c.uses) site.uses.push_back({number.at(n), static_cast<int64_t>(i)});
+    g.copies.push_back(std::move(site));
+  }
+  for (const auto& r : s.reduces) g.reduces.push_back({number.at(r.node), r.bias_input});
+  for (const auto& e : s.embeddings) g.embeddings.push_back(number.at(e.node));
+  for (const auto& r : s.rescales)
+    g.rescales.push_back({number.at(r.node), static_cast<int64_t>(r.list_input), static_cast<int64_t>(r.list_index), r.from, r.from / tp});
+  for (const auto& l : s.linears)
+    if (l.logits) g.vocab = mg.tensors[l.weight].tensor.size(l.column_dim);
+  return g;
+}
+
+}  // namespace
+
+TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
+  TpPlan plan;
+  plan.model = mg.path;
+  plan.graph_kind = graph_kind_name(mg.kind);
+  plan.tp = tp;
+  if (tp < 1) throw Error(mg.path + ": tp must be a positive integer, got " + std::to_string(tp));
+
+  const auto& T = mg.tensors;
+  auto name = [&](int t) { return T[t].name; };
+
+  // Roles for labelling dimensions: attention heads vs kv heads inside the group a row linear joins.
+  std::vector<std::string> role(s.linears.size());
+  int rows = 0;
+  for (size_t i = 0; i < s.linears.size(); ++i) {
+    const auto& l = s.linears[i];
+    if (l.mode == Mode::Row) {
+      ++rows;
+      int64_t max_heads = 0;
+      for (int c : l.fed_by) max_heads = std::max(max_heads, s.linears[c].heads);
+      for (int c : l.fed_by) {
+        const auto& cl = s.linears[c];
+        role[c] = cl.heads == 0 ? "intermediate size" : (cl.heads < max_heads ? "kv heads" : "attention heads");
+      }
+    }
+  }
+  for (size_t i = 0; i < s.linears.size(); ++i)
+    if (s.linears[i].logits) role[i] = "vocabulary";
+  plan.blocks = rows;
+  if (rows == 0) {
+    throw Error(mg.path + ": no transformer block found: searched " + std::to_string(s.linears.size()) +
+                " linear layer(s) for a column-parallel linear whose split output reaches the contraction "
+                "dim of another linear (attention q/k/v -> o_proj, MLP gate/up -> down) and found none");
+  }
+
+  // Constraints: every split extent, labelled.
+  auto add_constraint = [&](const std::string& dim, int64_t extent, const std::string& where, const Node* n) {
+    plan.constraints.push_back({dim, extent, where, n ? source_of(n) : "<unknown>"});
+  };
+  for (const auto& c : s.constraints) {
+    std::string label = c.linear >= 0 && !role[c.linear].empty() ? role[c.linear] : "split size";
+    add_constraint(label, c.extent, c.linear >= 0 ? name(s.linears[c.linear].weight) : module_of(mg, c.node), c.node);
+  }
+  for (size_t i = 0; i < s.linears.size(); ++i) {
+    const auto& l = s.linears[i];
+    if (l.mode == Mode::Column && l.heads == 0)
+      add_constraint(role[i].empty() ? "output features" : role[i], T[l.weight].tensor.size(l.column_dim), name(l.weight), l.node);
+  }
+  for (const auto& e : s.embeddings) add_constraint("vocabulary", T[e.weight].tensor.size(0), name(e.weight), e.node);
+  for (const auto& r : s.rescales) add_constraint("split size", r.from, r.value, r.node);
+
+  std::vector<int64_t> extents;
+  for (const auto& c : plan.constraints) extents.push_back(c.extent);
+  const int64_t g = gcd_all(extents);
+  for (int64_t d = 1; d <= g; ++d)
+    if (g % d == 0) plan.valid_tp.push_back(static_cast<int>(d));
+
+  if (g % tp != 0) {
+    std::vector<std::string> seen;
+    std::ostringstream msg;
+    msg << mg.path << ": tp=" << tp << " does not divide ";
+    bool first = true;
+    for (const auto& c : plan.constraints) {
+      if (c.extent % tp == 0) continue;
+      if (std::find(seen.begin(), seen.end(), c.dimension) != seen.end()) continue;
+      seen.push_back(c.dimension);
+      msg << (first ? "" : ", nor ") << "the " << c.dimension << " (" << c.extent << ", " << c.where << " at "
+          << c.source << ")";
+      first = false;
+    }
+    msg << "; valid tp for this model: ";
+    for (size_t i = 0; i < plan.valid_tp.size(); ++i) msg << (i ? ", " : "") << plan.valid_tp[i];
+    throw Error(msg.str());
+  }
+
+  // Per-tensor placement.
+  struct Decision {
+    Placement p = Placement::Replicated;
+    int dim = -1;
+    std::string reason;
+  };
+  std::map<int, Decision> decided;
+  auto decide = [&](int t, Placement p, int dim, const std::string& reason, const Node* n) {
+    auto it = decided.find(t);
+    if (it == decided.end()) {
+      decided[t] = {p, dim, reason};
+      return;
+    }
+    if (it->second.dim != dim)
+      throw Error(mg.path + ": " + name(t) + " is used split on dim " + std::to_string(it->second.dim) +
+                  " (" + it->second.reason + ") and on dim " + std::to_string(dim) + " by " +
+                  n->kind().toQualString() + " at " + source_of(n) + "; a tensor has one placement");
+    if (p == Placement::Vocab) it->second.p = Placement::Vocab;
+    it->second.reason += "; also " + reason;
+  };
+  auto names_of = [&](const std::vector<int>& idx) {
+    std::string out;
+    for (size_t i = 0; i < idx.size(); ++i) out += (i ? ", " : "") + name(s.linears[idx[i]].weight);
+    return out;
+  };
+  for (size_t i = 0; i < s.linears.size(); ++i) {
+    const auto& l = s.linears[i];
+    switch (l.mode) {
+      case Mode::Column:
+        if (l.logits) {
+          decide(l.weight, Placement::Vocab, l.column_dim, "vocab-parallel lm-head: logits leave the graph split over the vocabulary", l.node);
+        } else {
+          std::string why = "column-parallel: replicated input, output split on features";
+          if (l.heads) why += " into " + std::to_string(l.heads) + " heads";
+          if (!l.feeds.empty()) why += ", reaching row-parallel " + names_of(l.feeds);
+          decide(l.weight, Placement::Column, l.column_dim, why, l.node);
+        }
+        if (l.bias >= 0) decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node);
+        break;
+      case Mode::Row:
+        decide(l.weight, Placement::Row, l.row_dim, "row-parallel: input arrives split on its contraction dim from " + names_of(l.fed_by) + "; output all-reduced", l.node);
+        if (l.bias >= 0) decide(l.bias, Placement::Replicated, -1, "bias of row-parallel " + name(l.weight) + ", added once after the all-reduce", l.node);
+        break;
+      case Mode::Replicated:
+        decide(l.weight, Placement::Replicated, -1, l.reason, l.node);
+        if (l.bias >= 0) decide(l.bias, Placement::Replicated, -1, l.reason, l.node);
+        break;
+    }
+  }
+  for (const auto& c : s.copies)
+    for (int t : c.params)
+      decide(t, Placement::Replicated, -1, "replicated: read by " + c.reason, c.uses.front().first);
+  for (const auto& e : s.embeddings)
+    decide(e.weight, Placement::Vocab, 0, "vocab-parallel embedding: rows split over the vocabulary, masked lookup then all-reduce", e.node);
+  for (const auto& [t, where] : s.tensor_use) {
+    if (decided.count(t)) {
+      if (decided[t].dim >= 0)
+        throw Error(mg.path + ": " + name(t) + " is split (" + decided[t].reason + ") but also read in full by " + where);
+      continue;
+    }
+    decided[t] = {Placement::Replicated, -1, "replicated: read by " + where};
+  }
+
+  std::set<int> grad_reduced;  // replicated parameters whose gradient is partial on each rank
+  for (const auto& c : s.copies)
+    for (int t : c.params)
+      if (T[t].trainable) grad_reduced.insert(t);
+  for (size_t t = 0; t < T.size(); ++t) {
+    const auto& e = T[t];
+    if (!e.trainable && !decided.count(static_cast<int>(t))) continue;  // unused buffers
+    if (!e.trainable && mg.kind != GraphKind::Frozen) continue;         // buffers are not parameters
+    ParamPlan p;
+    p.name = e.name;
+    p.aliases = e.aliases;
+    p.shape = e.tensor.sizes().vec();
+    p.dtype = dtype_name(e.tensor);
+    p.bytes = static_cast<int64_t>(e.tensor.numel()) * static_cast<int64_t>(e.tensor.element_size());
+    auto it = decided.find(static_cast<int>(t));
+    if (it == decided.end()) {
+      p.reason = "replicated: not read by forward";
+    } else {
+      p.placement = it->second.p;
+      p.split_dim = it->second.dim;
+      p.reason = it->second.reason;
+      if (!e.aliases.empty()) {
+        std::string tied;
+        for (const auto& a : e.aliases) tied += (tied.empty() ? "" : ", ") + a;
+        p.reason += " (tied: one tensor, also named " + tied + ")";
+      }
+    }
+    if (grad_reduced.count(static_cast<int>(t))) p.grad = "tp all-reduce";
+    p.bytes_per_rank = p.split_dim >= 0 ? p.bytes / tp : p.bytes;
+    plan.bytes.total += p.bytes;
+    plan.bytes.per_rank += p.bytes_per_rank;
+    if (p.split_dim < 0) plan.bytes.replicated += p.bytes;
+    plan.parameters.push_back(std::move(p));
+  }
+
+  for (const auto& r : s.rescales) {
+    std::string where = std::string(r.node->kind().toQualString()) + " size[" + std::to_string(r.list_index) + "]";
+    std::string m = module_of(mg, r.node);
+    if (!m.empty()) where += " in " + m;
+    plan.rescaled.push_back({where, r.value, r.from, r.from / tp, source_of(r.node)});
+  }
+
+  add_collectives(plan, mg, s);
+  plan.sites = sites_of(mg, s, tp);
+  return plan;
+}
+
+TpPlan analyze(const ModelGraph& mg, int tp) {
+  auto values = probe(mg, example_inputs(mg));
+  return make_plan(mg, propagate(mg, values), tp);
+}
+
+TpPlan replan(const ModelGraph& mg, const TpPlan& edited) {
+  std::map<std::string, const ParamPlan*> want;
+  for (const auto& p : edited.parameters) {
+    want[p.name] = &p;
+    for (const auto& a : p.aliases) want[a] = &p;
+  }
+  auto values = probe(mg, example_inputs(mg));
+  ForcedReplicated forced;
+  ShardingStructure s = propagate(mg, values);
+  // Keep whole every linear whose weight the edit keeps whole; each round may free others.
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& l : s.linears) {
+      auto it = want.find(mg.tensors[l.weight].name);
+      if (l.mode != Mode::Replicated && it != want.end() && it->second->placement == Placement::Replicated &&
+          forced.emplace(l.node, "replicated: kept whole by the edited plan").second)
+        more = true;
+    }
+    if (more) s = propagate(mg, values, forced);
+  }
+  TpPlan derived = make_plan(mg, s, edited.tp);
+  for (const auto& p : derived.parameters) {
+    auto it = want.find(p.name);
+    if (it == want.end())
+      throw Error(mg.path + ": the plan does not list parameter " + p.name + " of " + edited.model + "; make the plan from this model");
+    if (it->second->shape != p.shape)
+      throw Error(mg.path + ": the plan has " + p.name + " of shape " + join_shape(it->second->shape) + " but the model's is " +
+                  join_shape(p.shape) + "; make the plan from this model");
+    if (it->second->placement != p.placement)
+      throw Error(mg.path + ": the plan makes " + p.name + " " + placement_name(it->second->placement) +
+                  ", but with the plan's edits the analysis finds it " + placement_name(p.placement) + " (" + p.reason +
+                  "); mark it " + placement_name(p.placement) + " too, or undo the edit");
+  }
+  if (edited.parameters.size() != derived.parameters.size())
+    throw Error(mg.path + ": the plan lists " + std::to_string(edited.parameters.size()) + " parameters, " + edited.model +
+                " has " + std::to_string(derived.parameters.size()) + "; make the plan from this model");
+  return derived;
+}
+
+}  // namespace autotp
