@@ -1,7 +1,9 @@
 // autotp verify: the rewrite against the unsharded model, forward + backward (see autotp/verify.h).
 #include "autotp/verify.h"
 
+#include <cmath>
 #include <iomanip>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -11,7 +13,6 @@
 
 #include "autotp/error.h"
 #include "autotp/rewrite.h"
-#include "passes/analyze.h"
 #include "runtime/tp_ops.h"
 
 namespace autotp {
@@ -31,6 +32,8 @@ struct StepResult {
 };
 
 StepResult step(torch::jit::Module& module, const Batch& b, bool vocab_split, int tp) {
+  // Gradients of this batch only, not added to whatever an earlier backward left.
+  for (const auto& p : module.parameters(/*recurse=*/true)) p.mutable_grad() = at::Tensor();
   StepResult r;
   at::Tensor logits = logits_of(module.forward({b.ids}));
   at::Tensor shifted = logits.narrow(1, 0, logits.size(1) - 1);
@@ -54,6 +57,10 @@ double rel(const at::Tensor& got, const at::Tensor& ref, const at::Tensor& whole
 }
 double rel(const at::Tensor& got, const at::Tensor& ref) { return rel(got, ref, ref); }
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+  return "[" + std::to_string(shape.at(0)) + ", " + std::to_string(shape.at(1)) + "]";
+}
+
 Batch make_batch(const std::vector<int64_t>& shape, int64_t vocab, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   Batch b;
@@ -62,64 +69,43 @@ Batch make_batch(const std::vector<int64_t>& shape, int64_t vocab, uint64_t seed
   return b;
 }
 
-// Everything both modes share: the original (in the requested dtype), its plan, the batch, the
-// reference step.
-struct Setup {
-  torch::jit::Module original;
-  TpPlan plan;
-  Batch batch;
-  StepResult reference;
-  std::map<std::string, const ParamPlan*> params;  // by every name and alias
-  int64_t vocab = 0;
-  VerifyReport report;
-};
+// Ids are drawn below the vocabulary the plan splits (an embedding or lm-head with placement
+// vocab); 2 when nothing is vocab-split, ids every model accepts.
+int64_t vocab_of(const TpPlan& plan) {
+  for (const auto& p : plan.parameters)
+    if (p.placement == Placement::Vocab && !p.shape.empty()) return p.shape[0];
+  return 2;
+}
 
-Setup prepare(const std::string& path, const VerifyOptions& o) {
-  if (o.dtype != "fp32" && o.dtype != "bf16")
-    throw Error("verify: --dtype " + o.dtype + " is not supported; use fp32 or bf16");
-  Setup s;
-  s.original = load_model(path);
-  if (o.dtype == "bf16") s.original.to(at::kBFloat16);
-  ModelGraph mg = model_graph_from(s.original, path);
-  auto example = example_inputs(mg);
-  ShardingStructure st = propagate(mg, probe(mg, example));
-  s.plan = make_plan(mg, st, o.tp);
-  for (const auto& e : st.embeddings) s.vocab = mg.tensors[e.weight].tensor.size(0);
-  for (const auto& p : s.plan.parameters) {
-    s.params[p.name] = &p;
-    for (const auto& a : p.aliases) s.params[a] = &p;
+// The plan's entry for every name and alias of a parameter.
+using PlanIndex = std::map<std::string, const ParamPlan*>;
+PlanIndex index_of(const TpPlan& plan) {
+  PlanIndex out;
+  for (const auto& p : plan.parameters) {
+    out[p.name] = &p;
+    for (const auto& a : p.aliases) out[a] = &p;
   }
-  std::vector<int64_t> shape = example.at(0).toTensor().sizes().vec();
-  if (o.batch > 0) shape[0] = o.batch;
-  if (o.seq > 0) shape[1] = o.seq;
-  if (shape[1] < 2) throw Error("verify: --seq must be at least 2 (the loss predicts the next token)");
-  s.batch = make_batch(shape, s.vocab > 0 ? s.vocab : 2, o.seed);
+  return out;
+}
+
+const ParamPlan& plan_of(const PlanIndex& index, const std::string& name) {
+  auto it = index.find(name);
+  if (it == index.end()) throw Error("verify: rank module has parameter " + name + " that the plan does not list");
+  return *it->second;
+}
+
+// The original's forward + backward, or one line naming the shape it cannot run.
+StepResult reference_step(torch::jit::Module& original, const Batch& b, const std::string& label) {
   try {
-    s.reference = step(s.original, s.batch, /*vocab_split=*/false, 1);
+    return step(original, b, /*vocab_split=*/false, 1);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    const std::string hint = o.batch > 0 || o.seq > 0
-                                 ? "; a traced model may only run on the shape it was traced with: leave --batch/--seq out"
-                                 : "";
-    throw Error(path + ": the original model fails on a batch of shape [" + std::to_string(shape[0]) + ", " +
-                std::to_string(shape[1]) + "] (" + user_message(e) + ")" + hint);
+    const std::vector<int64_t> shape = b.ids.sizes().vec(), traced = example_shape(original);
+    const std::string hint =
+        shape != traced ? "; a traced model may only run on the shape it was traced with, " + shape_text(traced) : "";
+    throw Error(label + ": the original model fails on a batch of shape " + shape_text(shape) + " (" + user_message(e) + ")" + hint);
   }
-  auto& r = s.report;
-  r.model = path;
-  r.tp = o.tp;
-  r.dtype = o.dtype;
-  r.input_shape = shape;
-  r.tolerance = verify_tolerance(o.dtype);
-  r.loss_reference = s.reference.loss;
-  r.per_parameter = o.per_parameter;
-  return s;
-}
-
-const ParamPlan& plan_of(const Setup& s, const std::string& name) {
-  auto it = s.params.find(name);
-  if (it == s.params.end()) throw Error("verify: rank module has parameter " + name + " that the plan does not list");
-  return *it->second;
 }
 
 // One parameter's gradient error, once per parameter.
@@ -132,6 +118,53 @@ void record_grad(VerifyReport& r, const std::string& name, double e) {
   r.grads_compared += 1;
 }
 
+// Counts accumulated between two snapshots of a group's counters.
+std::map<std::string, CollectiveCount> since(std::map<std::string, CollectiveCount> after,
+                                             const std::map<std::string, CollectiveCount>& before) {
+  for (const auto& [key, c] : before) {
+    after[key].calls -= c.calls;
+    after[key].bytes -= c.bytes;
+    if (after[key].calls == 0) after.erase(key);
+  }
+  return after;
+}
+
+// Everything verify_threads needs besides the rank modules: the original in the requested dtype,
+// its plan, the batch shape and the report's header.
+struct Setup {
+  torch::jit::Module original;
+  TpPlan plan;
+  std::vector<int64_t> shape;
+  VerifyReport report;
+};
+
+Setup prepare(const std::string& path, const VerifyOptions& o) {
+  if (o.dtype != "fp32" && o.dtype != "bf16")
+    throw Error("verify: --dtype " + o.dtype + " is not supported; use fp32 or bf16");
+  Setup s;
+  s.original = load_model(path);
+  if (o.dtype == "bf16") s.original.to(at::kBFloat16);
+  s.plan = plan_model(s.original, o.tp, path);
+  s.shape = example_shape(s.original);
+  if (o.batch > 0) s.shape[0] = o.batch;
+  if (o.seq > 0) s.shape[1] = o.seq;
+  if (s.shape[1] < 2) throw Error("verify: --seq must be at least 2 (the loss predicts the next token)");
+  auto& r = s.report;
+  r.model = path;
+  r.tp = o.tp;
+  r.dtype = o.dtype;
+  r.input_shape = s.shape;
+  r.tolerance = verify_tolerance(o.dtype);
+  r.per_parameter = o.per_parameter;
+  return s;
+}
+
+// "bf16" when the module's parameters are bf16 (verify --dtype bf16), else "fp32".
+std::string dtype_of(const torch::jit::Module& m) {
+  for (const auto& p : m.parameters(/*recurse=*/true)) return p.scalar_type() == at::kBFloat16 ? "bf16" : "fp32";
+  return "fp32";
+}
+
 }  // namespace
 
 double verify_tolerance(const std::string& dtype) {
@@ -140,6 +173,15 @@ double verify_tolerance(const std::string& dtype) {
   // sum once, so a value can differ by a few units of the last place; 3e-2 allows ~8 of them
   // relative to the tensor's largest value.
   return dtype == "bf16" ? 3e-2 : 1e-5;
+}
+
+std::string VerifyReport::failure() const {
+  std::ostringstream out;
+  out << std::setprecision(2) << std::scientific;
+  if (grads_rel > tolerance) out << "gradient of " << worst_grad << " off by " << grads_rel;
+  else if (logits_rel > tolerance) out << "logits off by " << logits_rel;
+  else if (loss_rel > tolerance) out << "loss off by " << loss_rel;
+  return out.str();
 }
 
 std::string VerifyReport::text() const {
@@ -180,6 +222,9 @@ std::string VerifyReport::text() const {
 
 VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
   Setup s = prepare(path, o);
+  const Batch batch = make_batch(s.shape, vocab_of(s.plan), o.seed);
+  const StepResult reference = reference_step(s.original, batch, path);
+  const PlanIndex index = index_of(s.plan);
   const int tp = o.tp;
   std::vector<torch::jit::Module> ranks;
   for (int r = 0; r < tp; ++r) ranks.push_back(rewrite(s.original, s.plan, r));
@@ -198,7 +243,7 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
         mo.timeout = std::chrono::seconds(120);
         auto mesh = Mesh::create(store, r, tp, mo);
         MeshScope scope(mesh);
-        results[r] = step(ranks[r], s.batch, vocab_split, tp);
+        results[r] = step(ranks[r], batch, vocab_split, tp);
         if (r == 0) {
           by_site = mesh->tp_group().by_site();
           by_kind = mesh->tp_group().by_kind();
@@ -213,20 +258,21 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
     if (!errors[r].empty()) throw Error("verify: rank " + std::to_string(r) + ": " + errors[r]);
 
   VerifyReport rep = s.report;
+  rep.loss_reference = reference.loss;
   rep.vocab_split = vocab_split;
   rep.tp_by_site = by_site;
   rep.tp_by_kind = by_kind;
   std::vector<at::Tensor> logits;
   for (const auto& res : results) logits.push_back(res.logits);
   at::Tensor assembled = vocab_split ? at::cat(logits, -1) : logits[0];
-  rep.logits_rel = rel(assembled, s.reference.logits);
+  rep.logits_rel = rel(assembled, reference.logits);
   if (!vocab_split)  // replicated logits: every rank must hold the same
-    for (const auto& l : logits) rep.logits_rel = std::max(rep.logits_rel, rel(l, s.reference.logits));
+    for (const auto& l : logits) rep.logits_rel = std::max(rep.logits_rel, rel(l, reference.logits));
   rep.loss_sharded = results[0].loss;
   for (const auto& res : results)
-    rep.loss_rel = std::max(rep.loss_rel, std::abs(res.loss - s.reference.loss) / std::abs(s.reference.loss));
-  for (const auto& [name, ref] : s.reference.grads) {
-    const ParamPlan& p = plan_of(s, name);
+    rep.loss_rel = std::max(rep.loss_rel, std::abs(res.loss - reference.loss) / std::abs(reference.loss));
+  for (const auto& [name, ref] : reference.grads) {
+    const ParamPlan& p = plan_of(index, name);
     std::vector<at::Tensor> shards;
     for (int r = 0; r < tp; ++r) {
       auto it = results[r].grads.find(name);
@@ -249,38 +295,89 @@ VerifyReport verify_on_mesh(const std::string& path, const VerifyOptions& o, Mes
                 " but verify needs exactly one tp group of " + std::to_string(o.tp) +
                 " ranks; launch with --nproc_per_node " + std::to_string(o.tp));
   Setup s = prepare(path, o);
-  const int r = mesh.tp_rank(), tp = o.tp;
-  torch::jit::Module mine = rewrite(s.original, s.plan, r);
-  const bool vocab_split = rewrite_info(mine).vocab > 0;
-  mesh.reset_counts();
-  StepResult res = step(mine, s.batch, vocab_split, tp);
+  torch::jit::Module mine = rewrite(s.original, s.plan, mesh.tp_rank());
+  VerifyReport rep = verify_rank(s.original, s.plan, mine, s.shape, o.seed, mesh);
+  rep.model = path;
+  rep.per_parameter = o.per_parameter;
+  return rep;
+}
 
-  VerifyReport rep = s.report;
-  rep.vocab_split = vocab_split;
-  rep.tp_by_site = mesh.tp_group().by_site();
-  rep.tp_by_kind = mesh.tp_group().by_kind();
-  // Each rank compares its slice with the same slice of the reference, scaled by the whole
-  // reference: the same number the re-assembled comparison gives.
-  auto slice_rel = [&](const at::Tensor& got, const at::Tensor& ref, int dim) {
-    if (dim < 0) return rel(got, ref);
+namespace {
+
+// This rank's error of `got` against the reference `ref`: the same slice of `ref` when `got` is a
+// shard along `dim` (scaled by the whole reference: the number the re-assembled comparison gives),
+// all of it when dim < 0. A shard of the wrong shape is infinitely wrong, not an exception: every
+// rank must reach the max-reduce.
+double slice_rel(const at::Tensor& got, const at::Tensor& ref, int dim, int rank, int tp) {
+  at::Tensor mine = ref;
+  if (dim >= 0) {
     const int64_t len = ref.size(dim) / tp;
-    return rel(got, ref.narrow(dim, r * len, len), ref);
-  };
-  rep.logits_rel = slice_rel(res.logits, s.reference.logits, vocab_split ? static_cast<int>(res.logits.dim()) - 1 : -1);
-  rep.loss_sharded = res.loss;
-  rep.loss_rel = std::abs(res.loss - s.reference.loss) / std::abs(s.reference.loss);
-  for (const auto& [name, ref] : s.reference.grads) {
-    auto it = res.grads.find(name);
-    if (it == res.grads.end()) throw Error("verify: rank " + std::to_string(r) + " has no gradient for " + name);
-    record_grad(rep, name, slice_rel(it->second, ref, plan_of(s, name).split_dim));
+    mine = ref.narrow(dim, rank * len, len);
   }
-  // Agree on the worst over all ranks (world group, so the tp counts above stay one step's).
-  at::Tensor worst = at::tensor({rep.logits_rel, rep.loss_rel, rep.grads_rel}, at::kDouble);
+  if (got.sizes() != mine.sizes()) return std::numeric_limits<double>::infinity();
+  return rel(got, mine, ref);
+}
+
+}  // namespace
+
+VerifyReport verify_rank(torch::jit::Module& original, const TpPlan& plan, torch::jit::Module& mine,
+                         const std::vector<int64_t>& shape, uint64_t seed, Mesh& mesh) {
+  if (shape.size() != 2 || shape[0] < 1 || shape[1] < 2)
+    throw Error("verify: the check batch must be [B >= 1, S >= 2] token ids (the loss predicts the next token)");
+  const Batch batch = make_batch(shape, vocab_of(plan), seed);
+  const StepResult reference = reference_step(original, batch, plan.model);
+  const PlanIndex index = index_of(plan);
+  const int r = mesh.tp_rank(), tp = mesh.tp();
+  const bool vocab_split = rewrite_info(mine).vocab > 0;
+
+  Group& tpg = mesh.tp_group();
+  const auto sites = tpg.by_site(), kinds = tpg.by_kind();
+  const StepResult res = step(mine, batch, vocab_split, tp);
+
+  VerifyReport rep;
+  rep.model = plan.model;
+  rep.tp = tp;
+  rep.dtype = dtype_of(original);
+  rep.input_shape = shape;
+  rep.tolerance = verify_tolerance(rep.dtype);
+  rep.vocab_split = vocab_split;
+  rep.tp_by_site = since(tpg.by_site(), sites);  // this one forward + backward
+  rep.tp_by_kind = since(tpg.by_kind(), kinds);
+  rep.loss_reference = reference.loss;
+  rep.loss_sharded = res.loss;
+  // Errors in one vector: logits, loss, then every gradient in the reference's (name) order, which
+  // every rank shares. A gradient this rank lacks counts as zero: a gradient that never arrives.
+  std::vector<double> errors{
+      slice_rel(res.logits, reference.logits, vocab_split ? static_cast<int>(res.logits.dim()) - 1 : -1, r, tp),
+      std::abs(res.loss - reference.loss) / std::abs(reference.loss)};
+  std::vector<std::string> names;
+  for (const auto& [name, ref] : reference.grads) {
+    const int dim = plan_of(index, name).split_dim;
+    auto it = res.grads.find(name);
+    at::Tensor got = it != res.grads.end() ? it->second : at::zeros_like(dim < 0 ? ref : ref.narrow(dim, 0, ref.size(dim) / tp));
+    errors.push_back(slice_rel(got, ref, dim, r, tp));
+    names.push_back(name);
+  }
+  // Agree on the worst over all ranks (world group, so the tp counts above stay one step's). NaN
+  // becomes +inf first: a max-reduce may drop a NaN, and NaN must fail.
+  at::Tensor worst = at::nan_to_num(at::tensor(errors, at::kDouble), std::numeric_limits<double>::infinity());
   mesh.world_group().all_reduce(worst, c10d::ReduceOp::MAX, "verify.report");
   rep.logits_rel = worst[0].item<double>();
   rep.loss_rel = worst[1].item<double>();
-  rep.grads_rel = worst[2].item<double>();
+  for (size_t i = 0; i < names.size(); ++i) record_grad(rep, names[i], worst[static_cast<int64_t>(i) + 2].item<double>());
   return rep;
+}
+
+std::vector<int64_t> example_shape(const torch::jit::Module& module) {
+  // As passes/shape_probe.cpp's example_inputs: the first input's recorded sizes, when the graph
+  // has them (a trace), else [2, 8].
+  if (auto forward = module.find_method("forward")) {
+    const auto& inputs = forward->graph()->inputs();
+    if (inputs.size() > 1)
+      if (auto tt = inputs[1]->type()->cast<c10::TensorType>())
+        if (auto sizes = tt->sizes().concrete_sizes(); sizes && sizes->size() == 2) return *sizes;
+  }
+  return {2, 8};
 }
 
 }  // namespace autotp

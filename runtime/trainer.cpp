@@ -7,7 +7,9 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include "autotp/autotp.h"
 #include "autotp/error.h"
 #include "autotp/rewrite.h"
+#include "autotp/verify.h"
 #include "runtime/token_data.h"
 #include "runtime/tp_ops.h"
 #include "runtime/zero_optimizer.h"
@@ -60,7 +63,14 @@ std::string human_bytes(int64_t b) {
 
 // This rank's module: rewritten here from the full model (every rank loads it once, then drops
 // it), or read from a directory `autotp rewrite` wrote, so no rank ever holds the full weights.
-torch::jit::Module load_rank_model(const std::string& path, int64_t tp, int tp_rank) {
+// The full model and its plan come back too while they are at hand, for the pre-step check.
+struct RankModel {
+  torch::jit::Module module;
+  std::optional<torch::jit::Module> original;  // the full model when --model is one archive
+  TpPlan plan;
+};
+
+RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank) {
   if (std::filesystem::is_directory(path)) {
     const std::string mine = path + "/rank" + std::to_string(tp_rank) + ".pt";
     if (!std::filesystem::exists(mine))
@@ -72,16 +82,119 @@ torch::jit::Module load_rank_model(const std::string& path, int64_t tp, int tp_r
       throw Error(mine + ": rewritten for tp=" + std::to_string(info.tp) + " rank " + std::to_string(info.tp_rank) +
                   ", but this is rank " + std::to_string(tp_rank) + " of tensor_parallel.autotp_size " + std::to_string(tp) +
                   "; rewrite the model with --tp " + std::to_string(tp));
-    return m;
+    return {m, std::nullopt, {}};
   }
   torch::jit::Module original = load_model(path);
   if (rewrite_info(original).tp != 0)
     throw Error(path + ": is one rank of a rewritten model; pass the directory that holds all rank<r>.pt files");
   TpPlan plan = plan_model(original, static_cast<int>(tp), path);
-  return rewrite(original, plan, tp_rank);
+  torch::jit::Module mine = rewrite(original, plan, tp_rank);
+  return {mine, original, plan};
+}
+
+// Whether the module's forward runs on token ids of `shape` (a trace may be tied to its shape).
+bool runs_at(torch::jit::Module& module, const std::vector<int64_t>& shape) {
+  try {
+    c10::NoGradGuard no_grad;
+    module.forward({at::zeros(shape, at::kLong)});
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  return "[" + std::to_string(shape.at(0)) + ", " + std::to_string(shape.at(1)) + "]";
+}
+
+std::string sci(double v, int digits) {
+  std::ostringstream o;
+  o << std::scientific << std::setprecision(digits) << v;
+  return o.str();
+}
+
+// Before step 1: this rank's sharded module against the unsharded one on one small batch
+// (verify_rank), in fp32 before any bf16 cast, so a wrong rewrite stops here naming the parameter
+// instead of training silently wrong. The batch is [1, min(seq, 16)]: small, and the training's own
+// length when that is short; a trace that cannot run it gets its traced shape, and a model that
+// runs neither is skipped with a notice (training itself will tell).
+void check_sharding(torch::jit::Module& original, const TpPlan& plan, torch::jit::Module& mine,
+                    const TrainOptions& o, uint64_t seed, Mesh& mesh, bool chatty) {
+  original.eval();  // dropout off on both sides: they must compute one function
+  mine.eval();
+  std::vector<int64_t> shape{1, std::min<int64_t>(o.seq, 16)};
+  if (shape[1] < 2 || !runs_at(original, shape)) shape = example_shape(original);
+  if (!runs_at(original, shape)) {
+    if (chatty) std::cout << "check: skipped: the unsharded model runs neither on [1, " << std::min<int64_t>(o.seq, 16)
+                          << "] nor on " << shape_text(shape) << "\n";
+    return;
+  }
+  const std::string rerun = "rerun with autotp verify " + o.model_path + " --tp " + std::to_string(mesh.tp()) +
+                            " --per-param, or --no-verify to train anyway";
+  VerifyReport rep;
+  try {
+    rep = verify_rank(original, plan, mine, shape, seed, mesh);
+  } catch (const std::exception& e) {
+    throw Error("train: the sharded model fails on the check batch " + shape_text(shape) + " (" + user_message(e) + "); " + rerun);
+  }
+  if (!rep.ok())
+    throw Error("train: the sharded model disagrees with the unsharded one on a check batch: " + rep.failure() +
+                " (tolerance " + sci(rep.tolerance, 0) + "); " + rerun);
+  if (chatty)
+    std::cout << "check: sharded vs unsharded on " << shape_text(shape) << ": logits " << sci(rep.logits_rel, 1) << ", loss "
+              << sci(rep.loss_rel, 1) << ", grads " << sci(rep.grads_rel, 1) << " (" << rep.grads_compared
+              << " parameters) ok\n";
+}
+
+// Two float64 checksums of a tensor: its sum, and the sum of |x| weighted by position (cyclic
+// 1..1021), which also moves when elements trade places or one changes without the sum changing.
+std::pair<double, double> checksums(const at::Tensor& t) {
+  at::Tensor x = t.detach().reshape({-1}).to(at::kDouble);
+  at::Tensor w = at::arange(x.numel(), at::kDouble).fmod(1021) + 1;
+  return {x.sum().item<double>(), (x.abs() * w).sum().item<double>()};
+}
+
+// A group's traffic without the self-checks (sites "train.check_*"): the metrics count only what
+// training steps send, so each step's bytes stay exact whether or not a check ran in between.
+CollectiveCount training_traffic(const Group& g) {
+  CollectiveCount c = g.total();
+  for (const auto& [site, n] : g.by_site())
+    if (site.rfind("train.check", 0) == 0) {
+      c.calls -= n.calls;
+      c.bytes -= n.bytes;
+    }
+  return c;
 }
 
 }  // namespace
+
+void check_tp_replicas(const std::vector<TrainableParam>& params, Group& tp, int64_t step) {
+  if (tp.size() == 1) return;
+  std::vector<const TrainableParam*> replicated;
+  std::vector<double> sums;
+  for (const auto& p : params) {
+    if (p.tp_split) continue;
+    auto [sum, weighted] = checksums(p.param);
+    replicated.push_back(&p);
+    sums.insert(sums.end(), {sum, weighted});
+  }
+  if (replicated.empty()) return;  // the same on every rank: one plan
+  // Max of v and max of -v (the min) in one all-reduce; NaN/inf become fixed values first, since a
+  // max-reduce may drop a NaN and equal replicas must compare equal.
+  at::Tensor v = at::nan_to_num(at::tensor(sums, at::kDouble), 0.5 * std::numeric_limits<double>::max());
+  at::Tensor both = at::cat({v, -v});
+  tp.all_reduce(both, c10d::ReduceOp::MAX, "train.check_replicas");
+  const int64_t n = v.numel();
+  at::Tensor spread = both.narrow(0, 0, n) + both.narrow(0, n, n);  // max - min per checksum
+  const double* sp = spread.data_ptr<double>();
+  for (size_t i = 0; i < replicated.size(); ++i) {
+    const double d = std::max(sp[2 * i], sp[2 * i + 1]);
+    if (d != 0)
+      throw Error("train: step " + std::to_string(step) + ": replicated parameter " + replicated[i]->name +
+                  " differs across the tensor-parallel group (max |diff| of checksums " + sci(d, 1) +
+                  "); its gradient was not reduced over TP — report this model to autotp");
+  }
+}
 
 std::string StepMetrics::json() const {
   nlohmann::json j{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
@@ -106,8 +219,27 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   if (options.steps < 1) throw Error("train: --steps must be at least 1");
   at::manual_seed(cfg.seed);
   const bool chatty = !options.quiet && mesh.rank() == 0;
+  const int64_t micro = cfg.micro_batch, ga = cfg.grad_accum, dp = mesh.dp(), seq = options.seq;
+  if (chatty)
+    std::cout << "autotp train: " << options.model_path << " world " << mesh.world() << " = tp " << mesh.tp() << " x dp "
+              << dp << ", ZeRO-" << cfg.zero_stage << ", " << (cfg.bf16 ? "bf16" : "fp32") << ", global batch "
+              << micro * ga * dp << " x " << seq << " tokens (micro " << micro << ", accumulation " << ga << ")\n";
 
-  torch::jit::Module model = load_rank_model(options.model_path, cfg.tp, mesh.tp_rank());
+  torch::jit::Module model;
+  {
+    RankModel rm = load_rank_model(options.model_path, cfg.tp, mesh.tp_rank());
+    model = rm.module;
+    if (options.verify && rm.original) {
+      // A second rewrite by the same plan is checked, not `model`: TorchScript's profiling executor
+      // re-optimizes a method after its first runs, so running `model` here would move that point
+      // and change training's rounding; this way training is bit for bit what it is without the
+      // check. (Module::clone is no substitute: a cloned rank module loses a gradient.)
+      torch::jit::Module twin = rewrite(*rm.original, rm.plan, mesh.tp_rank());
+      check_sharding(*rm.original, rm.plan, twin, options, cfg.seed, mesh, chatty);
+    }
+    else if (options.verify && chatty)
+      std::cout << "check: skipped: the rank archives come without the full model to compare with\n";
+  }  // the full model is dropped here
   if (cfg.bf16) model.to(at::kBFloat16);
   model.train();
 
@@ -118,21 +250,16 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
     throw Error(options.data_path + ": tokens were made for a vocabulary of " + std::to_string(data.vocab()) +
                 " but the model has " + std::to_string(vocab) + "; tokenize with the model's tokenizer");
 
-  ZeroOneOptimizer opt(trainable_params(model), mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage,
-                       cfg.gradient_clipping);
-  const int64_t micro = cfg.micro_batch, ga = cfg.grad_accum, dp = mesh.dp(), seq = options.seq;
+  const std::vector<TrainableParam> params = trainable_params(model);
+  ZeroOneOptimizer opt(params, mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage, cfg.gradient_clipping);
   check_tp_peers_agree(mesh.tp_group(), data.batch(0, 0, ga, mesh.dp_rank(), dp, micro, seq));
-  mesh.reset_counts();
+  mesh.reset_counts();  // the metrics count training traffic from step 1 on, not the start-up checks
 
   std::ofstream metrics;
   if (!options.metrics_path.empty() && mesh.rank() == 0) {
     metrics.open(options.metrics_path);
     if (!metrics) throw Error(options.metrics_path + ": cannot write the metrics file");
   }
-  if (chatty)
-    std::cout << "autotp train: " << options.model_path << " world " << mesh.world() << " = tp " << mesh.tp() << " x dp "
-              << dp << ", ZeRO-" << cfg.zero_stage << ", " << (cfg.bf16 ? "bf16" : "fp32") << ", global batch "
-              << micro * ga * dp << " x " << seq << " tokens (micro " << micro << ", accumulation " << ga << ")\n";
   const bool bar = chatty && isatty(fileno(stdout));
 
   std::vector<StepMetrics> out;
@@ -165,9 +292,9 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
     m.param_bytes = b.params;
     m.grad_bytes = b.grads;
     m.optimizer_bytes = b.state;
-    m.tp_bytes = mesh.tp_group().total();
-    m.dp_bytes = mesh.dp_group().total();
-    m.world_bytes = mesh.world_group().total();
+    m.tp_bytes = training_traffic(mesh.tp_group());
+    m.dp_bytes = training_traffic(mesh.dp_group());
+    m.world_bytes = training_traffic(mesh.world_group());
     out.push_back(m);
     if (metrics.is_open()) metrics << m.json() << "\n" << std::flush;
     const bool print = chatty && (m.step == 1 || m.step % cfg.steps_per_print == 0 || m.step == options.steps);
@@ -186,6 +313,9 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
                 << "  collectives: tp " << human_bytes(m.tp_bytes.bytes) << ", dp " << human_bytes(m.dp_bytes.bytes)
                 << "\n" << std::defaultfloat;
     }
+    // Replicas drift apart silently when a gradient misses its TP reduction: compare them now and
+    // then (every rank decides alike, so every rank of the group joins the all-reduce).
+    if (m.step % cfg.steps_per_print == 0 || m.step == options.steps) check_tp_replicas(params, mesh.tp_group(), m.step);
   }
   if (bar) std::cout << "\n";
 

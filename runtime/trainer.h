@@ -14,6 +14,7 @@
 
 #include "autotp/mesh.h"
 #include "runtime/config.h"
+#include "runtime/zero_optimizer.h"
 
 namespace autotp {
 
@@ -25,6 +26,9 @@ struct TrainOptions {
   int64_t seq = 64;
   ConfigOverrides overrides;
   bool quiet = false;        // no printing (tests)
+  // Before step 1, compare this rank's sharded module with the unsharded one on one small batch
+  // (only possible when --model is a single archive: every rank holds the full model then).
+  bool verify = true;
 };
 
 struct StepMetrics {
@@ -38,7 +42,14 @@ struct StepMetrics {
 // Reads and validates the config for mesh.world() ranks; throws autotp::Error on any problem.
 TrainConfig load_train_config(const TrainOptions& options, int64_t world_size);
 
-// Runs the whole training on this rank; every rank gets the same metrics.
+// Runs the whole training on this rank; every rank gets the same metrics. Throws autotp::Error
+// when the pre-step check or a replica checksum finds the sharded training wrong.
 std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh);
+
+// Every rank of the TP group must hold the same replicated parameters (tp_split false): their
+// gradients are reduced over TP, so the updates are identical. Compares two float64 checksums per
+// parameter across `tp` in one all-reduce (site "train.check_replicas") and throws autotp::Error
+// naming the first parameter that differs and `step`. Collective: every rank of `tp` calls it.
+void check_tp_replicas(const std::vector<TrainableParam>& params, Group& tp, int64_t step);
 
 }  // namespace autotp

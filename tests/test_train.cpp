@@ -3,7 +3,9 @@
 // reference is the original TorchScript module trained in this process with LibTorch's own
 // torch::optim::AdamW and torch::nn::utils::clip_grad_norm_, the same schedule, on the same global
 // batches. Asserted: the loss of every one of 20 steps within 1e-4 relative, the per-rank optimizer
-// state exactly 12·ceil(Ψ_rank/dp) bytes, and the exact data-parallel bytes of every step.
+// state exactly 12·ceil(Ψ_rank/dp) bytes, and the exact data-parallel bytes of every step. The
+// self-checks: the sharded-vs-unsharded check before step 1 (verify_rank on deliberately broken rank
+// modules, ranks as threads) and the replica checksum (check_tp_replicas on replicas that differ).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +13,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <regex>
 #include <sstream>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -19,12 +23,15 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 #include "autotp/autotp.h"
 #include "autotp/rewrite.h"
+#include "autotp/verify.h"
 #include "fixtures.h"
 #include "runtime/config.h"
 #include "runtime/token_data.h"
+#include "runtime/trainer.h"
 
 using autotp_test::fixture;
 using autotp_test::run_command;
@@ -196,6 +203,46 @@ INSTANTIATE_TEST_SUITE_P(Meshes, TrainMatchesReference,
                            return "tp" + std::to_string(i.param.tp) + "_dp" + std::to_string(i.param.dp);
                          });
 
+// Qwen3 (a norm over head_dim on the split q/k heads): its q_norm/k_norm weights are replicated
+// and each TP rank sees only its heads' share of their gradient; the rewrite all-reduces it over TP.
+// Trained for 20 steps at tp 2 and 4: the loss follows the single process within 1e-4 every step,
+// and after training every replicated parameter is bitwise the same on all TP ranks (without the
+// reduce they drift apart by ~0.08 in 5 steps, and the replica checksum stops training).
+TEST(Train, Qwen3NormWeightsTrainLikeOneProcessAndStayIdenticalAcrossTp) {
+  for (int tp : {2, 4}) {
+    SCOPED_TRACE("tp=" + std::to_string(tp));
+    Workspace w = workspace(tp, 1);
+    const std::string metrics = w.dir + "/metrics.jsonl";
+    auto r = torchrun_train(tp, "--config " + w.config + " --model " + fixture("qwen3") + " --data " + w.data + " --steps " +
+                                    std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics +
+                                    " --out " + w.dir + "/out");
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    auto rows = read_metrics(metrics);
+    ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
+    Reference ref = reference_run(w, 1, "qwen3");
+    for (int64_t s = 0; s < kSteps; ++s) {
+      const double got = rows[s].at("loss"), want = ref.loss[s];
+      EXPECT_LE(std::abs(got - want) / std::abs(want), 1e-4) << "step " << s + 1 << ": " << got << " vs " << want;
+    }
+    EXPECT_LT(ref.loss.back(), ref.loss.front() - 0.5) << "the reference itself must learn";
+    std::vector<torch::jit::Module> ranks;
+    for (int k = 0; k < tp; ++k) ranks.push_back(autotp::load_model(w.dir + "/out/rank" + std::to_string(k) + ".pt"));
+    const auto split = autotp::rewrite_info(ranks[0]).split;
+    int replicated = 0, norms = 0;
+    for (const auto& p : ranks[0].named_parameters(true)) {
+      if (std::find(split.begin(), split.end(), p.name) != split.end()) continue;
+      ++replicated;
+      norms += p.name.find("q_norm") != std::string::npos || p.name.find("k_norm") != std::string::npos;
+      for (int k = 1; k < tp; ++k)
+        for (const auto& q : ranks[k].named_parameters(true))
+          if (q.name == p.name) EXPECT_TRUE(at::equal(p.value, q.value)) << p.name << " differs on tp rank " << k;
+    }
+    EXPECT_EQ(norms, 2 * autotp_test::config_of("qwen3").layers);
+    EXPECT_EQ(replicated, 4 * autotp_test::config_of("qwen3").layers + 1);  // 2 layer norms + q/k norms per layer, final norm
+    std::filesystem::remove_all(w.dir);
+  }
+}
+
 // ZeRO stage 0 (state whole on every DP rank, gradients all-reduced) with Adam's L2 decay
 // ("Adam", adam_w_mode false) against LibTorch's torch::optim::Adam.
 TEST(Train, ZeroStage0WithAdamL2) {
@@ -312,6 +359,137 @@ TEST(Train, BadInputsAreOneLine) {
   r = run_command(std::string(AUTOTP_CLI) + " train --config " + w.dir + "/tp1.json --model " + fixture(kModel) + " --data " +
                   w.dir + "/missing.tokens");
   EXPECT_EQ(r.err, "autotp: error: " + w.dir + "/missing.tokens: no such token file; write one with scripts/tokenize_data.py\n");
+  std::filesystem::remove_all(w.dir);
+}
+
+// Runs fn(rank, mesh) on `world` threads, each with its own mesh of tensor-parallel size `tp`
+// installed; returns each rank's error line, "" where fn returned.
+template <typename Fn>
+std::vector<std::string> on_ranks(int world, int tp, Fn fn) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  std::vector<std::string> errors(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        autotp::MeshOptions o;
+        o.tp = tp;
+        o.timeout = std::chrono::seconds(60);
+        auto mesh = autotp::Mesh::create(store, r, world, o);
+        autotp::MeshScope scope(mesh);
+        fn(r, *mesh);
+      } catch (const std::exception& e) {
+        errors[r] = autotp::user_message(e);
+      }
+    });
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+// The parameter `name` of a module (its tensor, shared with the module).
+at::Tensor parameter(const torch::jit::Module& m, const std::string& name) {
+  for (const auto& p : m.named_parameters(/*recurse=*/true))
+    if (p.name == name) return p.value;
+  ADD_FAILURE() << "no parameter " << name;
+  return {};
+}
+
+// The pre-step check's comparison on a rank module whose replicated norm never gets its gradient
+// (as when a gradient misses its TP reduction): forward is untouched, so exactly that gradient is
+// off, by 1 relative (zero against the reference), and every rank names it.
+TEST(TrainCheck, VerifyRankNamesAGradientThatIsMissingOnOneRank) {
+  const std::string name = "model.layers.0.input_layernorm.weight";
+  const autotp::TpPlan plan = autotp::plan_model(autotp::load_model(fixture(kModel)), 2, kModel);
+  std::vector<autotp::VerifyReport> reps(2);
+  auto errors = on_ranks(2, 2, [&](int r, autotp::Mesh& mesh) {
+    auto original = autotp::load_model(fixture(kModel));  // one per thread: backward writes its .grad
+    auto mine = autotp::rewrite(original, plan, r);
+    if (r == 1) parameter(mine, name).set_requires_grad(false);
+    reps[r] = autotp::verify_rank(original, plan, mine, {1, 8}, 7, mesh);
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_FALSE(reps[r].ok());
+    EXPECT_LE(reps[r].logits_rel, 1e-5);
+    EXPECT_LE(reps[r].loss_rel, 1e-5);
+    EXPECT_EQ(reps[r].worst_grad, name);
+    EXPECT_EQ(reps[r].failure(), "gradient of " + name + " off by 1.00e+00") << "rank " << r;
+    EXPECT_EQ(reps[r].grads_compared, 21);
+  }
+}
+
+// A replicated parameter corrupted on one rank of one TP group (world 4 = tp 2 x dp 2): every rank
+// of both TP groups fails the check alike (the errors are max-reduced over the world), the other
+// TP group's own comparison being clean.
+TEST(TrainCheck, VerifyRankFailsEveryRankWhenOneReplicaIsCorrupted) {
+  const autotp::TpPlan plan = autotp::plan_model(autotp::load_model(fixture(kModel)), 2, kModel);
+  std::vector<autotp::VerifyReport> reps(4);
+  auto errors = on_ranks(4, 2, [&](int r, autotp::Mesh& mesh) {
+    auto original = autotp::load_model(fixture(kModel));
+    auto mine = autotp::rewrite(original, plan, mesh.tp_rank());
+    if (r == 3) {
+      c10::NoGradGuard no_grad;
+      parameter(mine, "model.norm.weight").add_(0.5);
+    }
+    reps[r] = autotp::verify_rank(original, plan, mine, {1, 8}, 7, mesh);
+  });
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_FALSE(reps[r].ok()) << "rank " << r;
+    EXPECT_GT(reps[r].logits_rel, 1e-2) << "rank " << r;
+    EXPECT_EQ(reps[r].failure(), reps[0].failure()) << "rank " << r;
+  }
+}
+
+// The replica checksum: identical replicas (and split shards that differ, as they should) pass; a
+// replicated parameter that differs in one element on one rank, or whose elements trade places
+// (same sum), stops training on every rank with one line naming it and the step.
+TEST(TrainCheck, ReplicaChecksumNamesTheParameterAndStep) {
+  auto params_of = [](int r, const std::string& corrupt) {
+    at::Tensor norm = at::linspace(0.5, 1.5, 64, at::kFloat), emb = at::arange(24, at::kFloat).reshape({4, 6});
+    if (r == 1 && corrupt == "one") norm[17] += 1e-6;
+    if (r == 1 && corrupt == "swap") emb = emb.flatten().flip(0).reshape({4, 6});  // same sum, other order
+    return std::vector<autotp::TrainableParam>{{"model.embed_tokens.weight", emb, false},
+                                               {"model.layers.0.mlp.up_proj.weight", at::full({8, 4}, float(r)), true},
+                                               {"model.norm.weight", norm, false}};
+  };
+  auto run = [&](const std::string& corrupt) {
+    return on_ranks(2, 2, [&](int r, autotp::Mesh& mesh) { autotp::check_tp_replicas(params_of(r, corrupt), mesh.tp_group(), 5); });
+  };
+  EXPECT_EQ(run(""), std::vector<std::string>(2, ""));
+  for (const std::string& e : run("one"))
+    EXPECT_EQ(e.substr(0, e.find(" (")), "train: step 5: replicated parameter model.norm.weight differs across the "
+                                          "tensor-parallel group");
+  for (const std::string& e : run("swap")) {
+    EXPECT_NE(e.find("train: step 5: replicated parameter model.embed_tokens.weight differs"), std::string::npos) << e;
+    EXPECT_NE(e.find("its gradient was not reduced over TP"), std::string::npos) << e;
+  }
+}
+
+// `autotp train` from one archive checks itself before step 1 and says so (fp32, [1, 16]: the
+// first 16 tokens of a sample's length), the replica checksums at steps 5 and 6 pass, and their
+// bytes stay out of the metrics: every step sends the same TP bytes. --no-verify skips the check.
+TEST(Train, ChecksTheShardingBeforeStep1) {
+  Workspace w = workspace(2, 1);
+  const std::string metrics = w.dir + "/metrics.jsonl";
+  const std::string args = "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --seq 16 ";
+  auto r = torchrun_train(2, args + "--steps 6 --metrics " + metrics);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(check: sharded vs unsharded on \[1, 16\]: logits (\S+), loss (\S+), grads (\S+) \((\d+) parameters\) ok)")))
+      << r.out;
+  for (int i = 1; i <= 3; ++i) EXPECT_LE(std::stod(m[i]), 1e-5) << m[0];
+  EXPECT_EQ(m[4], "21");
+  auto rows = read_metrics(metrics);
+  ASSERT_EQ(rows.size(), 6u);
+  auto tp_bytes = [&](size_t i) { return rows[i].at("collectives").at("tp").at("bytes").get<int64_t>(); };
+  EXPECT_GT(tp_bytes(0), 0);
+  for (size_t i = 1; i < rows.size(); ++i) EXPECT_EQ(tp_bytes(i), static_cast<int64_t>(i + 1) * tp_bytes(0)) << "step " << i + 1;
+
+  r = torchrun_train(2, args + "--steps 1 --no-verify");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_EQ(r.out.find("check:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("step 1/1"), std::string::npos) << r.out;
   std::filesystem::remove_all(w.dir);
 }
 

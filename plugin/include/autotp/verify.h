@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/jit/api/module.h>
+
 #include "autotp/mesh.h"
+#include "autotp/plan.h"
 
 namespace autotp {
 
@@ -41,6 +44,10 @@ struct VerifyReport {
   // Rank 0's tp group over the one forward+backward: by op site and by collective kind.
   std::map<std::string, CollectiveCount> tp_by_site, tp_by_kind;
   bool ok() const { return logits_rel <= tolerance && loss_rel <= tolerance && grads_rel <= tolerance; }
+  // The worst quantity above tolerance as one phrase ("gradient of model.norm.weight off by
+  // 1.13e+00"; a gradient before logits before loss, since a parameter says where to look);
+  // empty when ok().
+  std::string failure() const;
   std::string text() const;
 };
 
@@ -50,6 +57,20 @@ VerifyReport verify_threads(const std::string& model_path, const VerifyOptions& 
 // This process is one rank of `mesh` (torchrun); mesh.tp() must equal options.tp and dp must be 1.
 // Every rank gets the same report (errors are max-reduced over the mesh).
 VerifyReport verify_on_mesh(const std::string& model_path, const VerifyOptions& options, Mesh& mesh);
+
+// One rank's comparison, the part every mode shares: `original` (unsharded) and `mine` (this
+// rank's rewrite of it by `plan`) do forward + backward on the same random batch of `shape`
+// ([B, S], token ids from `seed`); this rank compares its logits (its vocab slice when split),
+// the loss and every gradient (its slice of a split parameter's, a replicated one's whole) with
+// the reference. Errors are max-reduced over mesh's world group, so every rank of every TP group
+// (dp > 1 included) gets the same report. `mesh` must be the thread's current mesh (the rank
+// module's ops use it). The modules' gradients are those of this batch afterwards: clear them
+// before training. Throws autotp::Error naming the shape when the original cannot run it.
+VerifyReport verify_rank(torch::jit::Module& original, const TpPlan& plan, torch::jit::Module& mine,
+                         const std::vector<int64_t>& shape, uint64_t seed, Mesh& mesh);
+
+// The input shape the analysis probes: what forward was traced with, [2, 8] for a scripted graph.
+std::vector<int64_t> example_shape(const torch::jit::Module& module);
 
 // fp32: 1e-5; bf16: see verify.cpp.
 double verify_tolerance(const std::string& dtype);
