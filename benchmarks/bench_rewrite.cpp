@@ -15,7 +15,7 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 #include "autotp/mesh.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "runtime/tp_ops.h"
 
 namespace {

@@ -11,7 +11,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include "autotp/error.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 
 namespace autotp {
 namespace {

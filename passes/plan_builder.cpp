@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "autotp/error.h"
+#include "autotp/passes.h"
 #include "passes/analyze.h"
 
 namespace autotp {
@@ -330,6 +331,14 @@ TpPlan replan(const ModelGraph& mg, const TpPlan& edited) {
     throw Error(mg.path + ": the plan lists " + std::to_string(edited.parameters.size()) + " parameters, " + edited.model +
                 " has " + std::to_string(derived.parameters.size()) + "; make the plan from this model");
   return derived;
+}
+
+TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label) {
+  return analyze(model_graph_from(module, label), tp);
+}
+
+TpPlan check_plan(const torch::jit::Module& module, const TpPlan& edited, const std::string& label) {
+  return replan(model_graph_from(module, label), edited);
 }
 
 }  // namespace autotp

@@ -1,4 +1,4 @@
-// The rewrite pass: a TpPlan made real for one tensor-parallel rank (see autotp/rewrite.h).
+// The rewrite pass: a TpPlan made real for one tensor-parallel rank (see autotp/passes.h).
 //
 // Preconditions: `plan` was made by the analysis of this model (checked: the plan's graph
 // fingerprint and parameter shapes must match the module's flat graph). No analysis runs here:
@@ -21,7 +21,7 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include "autotp/error.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "passes/model_graph.h"
 
 namespace autotp {

@@ -9,8 +9,8 @@
 // or say that the op needs the full extent of a split dim (need_full: the linears the split came
 // from go back to replicated and propagation restarts).
 //
-// After a rule has run, the propagation applies one rule for every op (DESIGN.md, "three
-// placements"): a replicated operand that carries a gradient and meets a split or partial output
+// After a rule has run, the propagation applies one rule for every op (passes/README.md, "the
+// shared rule"): a replicated operand that carries a gradient and meets a split or partial output
 // has a partial gradient, so it is routed through copy_to_tp at that use (identity forward,
 // all-reduce of the gradient backward). Rules exempt the operands their rewrite shards
 // (a linear's weight and bias) or that carry no data (type_as's dtype source).

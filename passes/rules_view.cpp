@@ -2,7 +2,7 @@
 // keeps its dim map (so x @ W.t() is recognised as a linear); any other view of it is still a read
 // of that parameter.
 //
-// Reshape rules (DESIGN.md, as in DTensor and XLA): a dim that passes straight through keeps its
+// Reshape rules (passes/README.md, as in DTensor and XLA): a dim that passes straight through keeps its
 // split; when dims merge, only the leftmost may be split; when a dim splits into pieces, only the
 // first piece carries the split (attention heads), and tp must divide it.
 #include <algorithm>

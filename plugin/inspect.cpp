@@ -1,6 +1,7 @@
-// The library face of the analysis: load -> probe -> propagate -> plan.
+// The library face of the analysis for a model file (load -> probe -> propagate -> plan), and the
+// one user line of an error.
 #include "autotp/autotp.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 
 #include "passes/analyze.h"
 
@@ -17,14 +18,6 @@ TpPlan inspect(const std::string& model_path, int tp) {
       if (v <= 8) tp = v;
   }
   return make_plan(mg, s, tp);
-}
-
-TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label) {
-  return analyze(model_graph_from(module, label), tp);
-}
-
-TpPlan check_plan(const torch::jit::Module& module, const TpPlan& edited, const std::string& label) {
-  return replan(model_graph_from(module, label), edited);
 }
 
 std::string user_message(const std::exception& e) {

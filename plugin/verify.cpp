@@ -11,8 +11,9 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
+#include "autotp/autotp.h"
 #include "autotp/error.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "runtime/tp_ops.h"
 
 namespace autotp {

@@ -1,6 +1,6 @@
 // The tensor-parallel ops a rewritten graph calls, registered as torch.ops.autotp.* with autograd.
 //
-// Megatron's conjugate pair and the vocab-parallel pieces (DESIGN.md):
+// Megatron's conjugate pair and the vocab-parallel pieces (runtime/README.md):
 //   copy_to_tp      forward identity (a view, declared as such)  backward all-reduce over tp
 //   reduce_from_tp  forward all-reduce into a new tensor         backward identity
 //   gather_from_tp  forward all-gather on the last dim           backward this rank's slice

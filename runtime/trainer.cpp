@@ -20,7 +20,7 @@
 
 #include "autotp/autotp.h"
 #include "autotp/error.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "runtime/token_data.h"
 #include "runtime/tp_ops.h"

@@ -12,7 +12,7 @@
 
 #include "autotp/autotp.h"
 #include "autotp/mesh.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "fixtures.h"
 #include "runtime/tp_ops.h"

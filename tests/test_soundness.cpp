@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "autotp/autotp.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "fixtures.h"
 

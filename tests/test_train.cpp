@@ -26,7 +26,7 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 #include "autotp/autotp.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "fixtures.h"
 #include "runtime/config.h"

@@ -15,7 +15,7 @@
 
 #include "autotp/autotp.h"
 #include "autotp/mesh.h"
-#include "autotp/rewrite.h"
+#include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "runtime/config.h"
 #include "runtime/trainer.h"

@@ -1,6 +1,7 @@
 // autotp public C++ API (links libautotp.so). No LibTorch headers: cheap to include.
 #pragma once
 
+#include <exception>
 #include <string>
 
 #include "autotp/error.h"
@@ -18,8 +19,12 @@ std::string plan_to_json(const TpPlan& plan, int indent = 2);
 
 // A plan written by plan_to_json (perhaps edited by a user), read back. Throws autotp::Error
 // naming `label` and the key for malformed input; whether it fits a model is checked by
-// autotp::check_plan (autotp/rewrite.h).
+// autotp::check_plan (autotp/passes.h).
 TpPlan plan_from_json(const std::string& text, const std::string& label);
+
+// The one line of an exception meant for the user: an autotp message raised inside a TorchScript
+// op arrives wrapped in the interpreter's traceback; this finds it again.
+std::string user_message(const std::exception& e);
 
 // The plan as a human table and summary.
 std::string plan_to_table(const TpPlan& plan);

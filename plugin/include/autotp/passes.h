@@ -1,5 +1,5 @@
-// autotp public C++ API for the rewrite: load a TorchScript model, plan it, rewrite it into one
-// rank's tensor-parallel module. Pair with autotp/mesh.h to run the result.
+// autotp public C++ API of passes/: load a TorchScript model, plan it, rewrite it into one rank's
+// tensor-parallel module. Pair with autotp/mesh.h (runtime/) to run the result.
 //
 //   auto model = autotp::load_model("llama.pt");
 //   autotp::TpPlan plan = autotp::plan_model(model, 2, "llama.pt");
@@ -7,7 +7,6 @@
 //   mine.save("llama.tp2.rank0.pt");   // loads again wherever libautotp.so is loaded
 #pragma once
 
-#include <exception>
 #include <string>
 #include <vector>
 
@@ -51,9 +50,5 @@ RewriteInfo rewrite_info(const torch::jit::Module& module);
 // The logits a model's forward returned: the tensor itself, or the first tensor of a tuple/list
 // (Hugging Face models exported with return_dict=False). Throws autotp::Error when there is none.
 at::Tensor logits_of(const c10::IValue& output);
-
-// The one line of an exception meant for the user: an autotp message raised inside a TorchScript
-// op arrives wrapped in the interpreter's traceback; this finds it again.
-std::string user_message(const std::exception& e);
 
 }  // namespace autotp
