@@ -16,6 +16,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,9 @@ struct ShardingStructure {
     int64_t heads = 0;             // pieces its output is split into by a view (attention heads)
     std::vector<int> feeds;        // row linears its split output reaches (for column)
     std::vector<int> fed_by;       // column linears whose split reaches it (for row)
+    // A fused projection (qkv_proj, gate_up_proj): where its output features are cut into
+    // segments; each rank holds its slice of every segment. Empty: one segment.
+    std::set<int64_t> cuts;
   };
   struct Embedding {
     torch::jit::Node* node = nullptr;
@@ -50,10 +54,11 @@ struct ShardingStructure {
   struct Rescale {
     torch::jit::Node* node = nullptr;  // the op that takes the size list
     size_t list_input = 1;             // which input of node is the list (a prim::ListConstruct)
-    size_t list_index = 0;             // position in the size list
+    int64_t list_index = 0;            // position in the size list; -1: the input is the int itself
     int64_t from = 0;
     std::string value;                 // constant / attribute / expression it reads
     std::vector<int> origins;          // column linears the split comes from
+    bool runtime = false;              // read from an unsplit extent at run time: divided by tp there
   };
   struct Constraint {
     int64_t extent = 0;
@@ -78,7 +83,16 @@ struct ShardingStructure {
     torch::jit::Node* node = nullptr;
     int bias_input = -1;
     int linear = -1;
-    int64_t bytes = 0;  // of the output on the example input
+    int64_t bytes = 0;      // of the output on the example input
+    bool mean = false;      // a mean over the split dim: the sum of the ranks' means, divided by tp
+  };
+  // A parameter applied element-wise to split features (a norm weight over a whole column-parallel
+  // output): split with them.
+  struct ParamSplit {
+    int tensor = -1;
+    int dim = -1;  // of the parameter
+    torch::jit::Node* node = nullptr;
+    std::vector<int> origins;
   };
   std::vector<Linear> linears;
   std::vector<Embedding> embeddings;
@@ -86,6 +100,7 @@ struct ShardingStructure {
   std::vector<Constraint> constraints;
   std::vector<Copy> copies;
   std::vector<Reduce> reduces;
+  std::vector<ParamSplit> param_splits;
   std::map<int, std::string> tensor_use;  // tensors read in full (outside linear/embedding): first reader
 };
 

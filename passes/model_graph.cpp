@@ -58,7 +58,7 @@ struct Resolver {
     auto* self = mg.graph->inputs().at(0);
     objects[self] = mg.module._ivalue();
     paths[self] = "";
-    for (Node* n : mg.graph->nodes()) {
+    for (Node* n : numbered_nodes(*mg.graph)) {  // nested blocks too: attributes read inside an if
       if (n->kind() == c10::prim::GetAttr) {
         auto it = objects.find(n->input(0));
         if (it == objects.end()) continue;
@@ -86,7 +86,7 @@ struct Resolver {
   // name, so those are named frozen.N in the order the graph first reads them.
   void resolve_frozen_constants() {
     int counter = 0;
-    for (Node* n : mg.graph->nodes()) {
+    for (Node* n : numbered_nodes(*mg.graph)) {
       for (Value* in : n->inputs()) {
         Node* c = in->node();
         if (c->kind() != c10::prim::Constant || in->type()->kind() != c10::TypeKind::TensorType) continue;

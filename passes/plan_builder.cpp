@@ -42,6 +42,14 @@ std::string join_shape(const std::vector<int64_t>& s) {
   return o.str();
 }
 
+// A fused projection's segment lengths (empty: not cut).
+std::vector<int64_t> segments_of(const ShardingStructure::Linear& l) {
+  std::vector<int64_t> out;
+  if (l.cuts.size() <= 2) return out;  // only {0, extent}: one segment
+  for (auto it = std::next(l.cuts.begin()); it != l.cuts.end(); ++it) out.push_back(*it - *std::prev(it));
+  return out;
+}
+
 std::string names_of(const ModelGraph& mg, const ShardingStructure& s, const std::vector<int>& idx) {
   std::string out;
   for (size_t i = 0; i < idx.size(); ++i) out += (i ? ", " : "") + mg.tensors[s.linears[idx[i]].weight].name;
@@ -94,10 +102,11 @@ GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     for (const auto& [n, i] : c.uses) site.uses.push_back({number.at(n), static_cast<int64_t>(i)});
     g.copies.push_back(std::move(site));
   }
-  for (const auto& r : s.reduces) g.reduces.push_back({number.at(r.node), r.bias_input});
+  for (const auto& r : s.reduces) g.reduces.push_back({number.at(r.node), r.bias_input, r.mean});
   for (const auto& e : s.embeddings) g.embeddings.push_back(number.at(e.node));
   for (const auto& r : s.rescales)
-    g.rescales.push_back({number.at(r.node), static_cast<int64_t>(r.list_input), static_cast<int64_t>(r.list_index), r.from, r.from / tp});
+    g.rescales.push_back({number.at(r.node), static_cast<int64_t>(r.list_input), static_cast<int64_t>(r.list_index), r.from,
+                          r.from / tp, r.runtime});
   for (const auto& l : s.linears)
     if (l.logits) g.vocab = mg.tensors[l.weight].tensor.size(l.column_dim);
   return g;
@@ -152,6 +161,10 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     if (l.mode == Mode::Column && l.heads == 0)
       add_constraint(role[i].empty() ? "output features" : role[i], T[l.weight].tensor.size(l.column_dim), name(l.weight), l.node);
   }
+  for (const auto& l : s.linears)
+    for (int64_t seg : segments_of(l)) add_constraint("segment of fused " + name(l.weight), seg, name(l.weight), l.node);
+  for (const auto& ps : s.param_splits)
+    add_constraint("features of " + name(ps.tensor), T[ps.tensor].tensor.size(ps.dim), name(ps.tensor), ps.node);
   for (const auto& e : s.embeddings) add_constraint("vocabulary", T[e.weight].tensor.size(0), name(e.weight), e.node);
   for (const auto& r : s.rescales) add_constraint("split size", r.from, r.value, r.node);
 
@@ -184,14 +197,18 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     Placement p = Placement::Replicated;
     int dim = -1;
     std::string reason;
+    std::vector<int64_t> segments;
   };
   std::map<int, Decision> decided;
-  auto decide = [&](int t, Placement p, int dim, const std::string& reason, const Node* n) {
+  auto decide = [&](int t, Placement p, int dim, const std::string& reason, const Node* n, std::vector<int64_t> segments = {}) {
     auto it = decided.find(t);
     if (it == decided.end()) {
-      decided[t] = {p, dim, reason};
+      decided[t] = {p, dim, reason, std::move(segments)};
       return;
     }
+    if (it->second.segments != segments)
+      throw Error(mg.path + ": " + name(t) + " is cut into segments one way (" + it->second.reason + ") and another way by " +
+                  n->kind().toQualString() + " at " + source_of(n) + "; a tensor has one placement");
     if (it->second.dim != dim)
       throw Error(mg.path + ": " + name(t) + " is used split on dim " + std::to_string(it->second.dim) +
                   " (" + it->second.reason + ") and on dim " + std::to_string(dim) + " by " +
@@ -206,6 +223,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   };
   for (size_t i = 0; i < s.linears.size(); ++i) {
     const auto& l = s.linears[i];
+    const auto segments = segments_of(l);
     switch (l.mode) {
       case Mode::Column:
         if (l.logits) {
@@ -214,11 +232,17 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
           std::string why = "column-parallel: replicated input, output split on features";
           if (l.heads) why += " into " + std::to_string(l.heads) + " heads";
           if (!l.feeds.empty()) why += ", reaching row-parallel " + names_of(l.feeds);
-          decide(l.weight, Placement::Column, l.column_dim, why, l.node);
+          if (!segments.empty()) why += "; a fused projection: each rank holds its slice of each of " + std::to_string(segments.size()) + " segments";
+          decide(l.weight, Placement::Column, l.column_dim, why, l.node, segments);
         }
-        if (l.bias >= 0) decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node);
+        if (l.bias >= 0)
+          decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node, segments);
         break;
       case Mode::Row:
+        for (int c : l.fed_by)
+          if (!s.linears[c].cuts.empty() && T[l.weight].tensor.size(l.row_dim) == T[s.linears[c].weight].tensor.size(s.linears[c].column_dim))
+            throw Error(mg.path + ": " + name(l.weight) + " contracts the whole output of the fused projection " + name(s.linears[c].weight) +
+                        ", which is also cut into segments; autotp cannot split both ways");
         decide(l.weight, Placement::Row, l.row_dim, "row-parallel: input arrives split on its contraction dim from " + names_of(l.fed_by) + "; output all-reduced", l.node);
         if (l.bias >= 0) decide(l.bias, Placement::Replicated, -1, "bias of row-parallel " + name(l.weight) + ", added once after the all-reduce", l.node);
         break;
@@ -228,6 +252,9 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
         break;
     }
   }
+  for (const auto& ps : s.param_splits)
+    decide(ps.tensor, Placement::Column, ps.dim,
+           std::string("split with the features it scales: ") + ps.node->kind().toQualString() + " at " + source_of(ps.node), ps.node);
   for (const auto& c : s.copies)
     for (int t : c.params)
       decide(t, Placement::Replicated, -1, "replicated: read by " + c.reason, c.uses.front().first);
@@ -262,6 +289,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     } else {
       p.placement = it->second.p;
       p.split_dim = it->second.dim;
+      p.segments = it->second.segments;
       p.reason = it->second.reason;
       if (!e.aliases.empty()) {
         std::string tied;
@@ -278,7 +306,10 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   }
 
   for (const auto& r : s.rescales) {
-    std::string where = std::string(r.node->kind().toQualString()) + " size[" + std::to_string(r.list_index) + "]";
+    std::string arg = r.node->schema().arguments().at(r.list_input).name();
+    if (arg == "shape") arg = "size";
+    std::string where = std::string(r.node->kind().toQualString()) + " " + arg;
+    if (r.list_index >= 0) where += "[" + std::to_string(r.list_index) + "]";
     std::string m = module_of(mg, r.node);
     if (!m.empty()) where += " in " + m;
     plan.rescaled.push_back({where, r.value, r.from, r.from / tp, source_of(r.node)});

@@ -148,6 +148,7 @@ class Propagator final : public RuleContext {
   void set(const Value* v, TensorPlacement p) override { place_[v] = std::move(p); }
   void set_elements(const Value* v, std::vector<TensorPlacement> p) override { elem_place_[v] = std::move(p); }
   void set_tag(const Value* v, IntTag t) override { tag_[v] = std::move(t); }
+  void set_element_tags(const Value* v, std::vector<IntTag> t) override { elem_tags_[v] = std::move(t); }
   void set_param_view(const Value* v, ParamView pv) override { view_[v] = std::move(pv); }
   void exempt(Node* n, size_t input) override { exempt_.insert({n, input}); }
   void reads(Node* n) override {
@@ -173,17 +174,25 @@ class Propagator final : public RuleContext {
     for (size_t i = 0; i < items->size(); ++i) {
       IntTag t = tag((*items)[i]);
       if (static_cast<int>(i) == split_pos) {
-        if (t.kind == IntTag::Full)
-          fail(n, "size[" + std::to_string(i) + "] sits on the split dim but is read from an unsplit extent");
-        if (t.kind == IntTag::Static) {
-          int64_t v = int_of((*items)[i]);
-          if (v != -1)
-            s_.rescales.push_back({n, list_input, i, v, t.what, std::vector<int>(origins.begin(), origins.end())});
-        }
+        const int64_t v = int_of((*items)[i]);
+        // A static size is replaced by v/tp; one read at run time from an unsplit extent (nanoGPT's
+        // reshape(B, T, C) with C = x.size(-1)) is divided by tp where it is used. -1 stays -1.
+        if (t.kind != IntTag::Local && v != -1)
+          s_.rescales.push_back({n, list_input, static_cast<int64_t>(i), v, t.kind == IntTag::Full ? "size read at run time" : t.what,
+                                 std::vector<int>(origins.begin(), origins.end()), t.kind == IntTag::Full});
       } else if (t.kind == IntTag::Local) {
         fail(n, "size[" + std::to_string(i) + "] is read from a split dim but sits on an unsplit one");
       }
     }
+  }
+  void rescale_int(Node* n, size_t input, int64_t list_index, const std::set<int>& origins) override {
+    const Value* v = list_index < 0 ? n->input(input) : list_items(n->input(input))->at(static_cast<size_t>(list_index));
+    IntTag t = tag(v);
+    if (t.kind == IntTag::Local) return;  // read from the split dim: already per-rank
+    const int64_t from = int_of(v);
+    if (from == 0) return;
+    s_.rescales.push_back({n, input, list_index, from, t.kind == IntTag::Full ? "size read at run time" : t.what,
+                           std::vector<int>(origins.begin(), origins.end()), t.kind == IntTag::Full});
   }
   ShardingStructure& structure() override { return s_; }
   const std::string* forced_reason(Node* n) const override {
@@ -200,6 +209,7 @@ class Propagator final : public RuleContext {
   std::unordered_map<const Value*, std::vector<TensorPlacement>> elem_place_;  // lists made by ops (chunk, split)
   std::unordered_map<const Value*, std::vector<Value*>> items_;          // lists/tuples built in the graph
   std::unordered_map<const Value*, IntTag> tag_;
+  std::unordered_map<const Value*, std::vector<IntTag>> elem_tags_;  // int lists made by ops (x.shape)
   std::unordered_map<const Value*, ParamView> view_;
   std::set<std::pair<Node*, size_t>> exempt_;
   // Replicated operands with a gradient feeding a split/partial result, in graph order.
@@ -248,6 +258,11 @@ class Propagator final : public RuleContext {
     Rule rule = find_rule(n);
     if (!rule) return visit_unknown(n);
     rule(*this, n);
+    // Every read of a parameter is recorded, whatever the rule: a view passes the parameter on (its
+    // output is a view of it), an exempt operand is one the rewrite slices; anything else reads it whole.
+    bool views = false;
+    for (Value* out : n->outputs()) views |= param_view(out) != nullptr;
+    if (!views) reads(n);
     note_copy_uses(n);
     resolve_partials(n);
   }
@@ -265,7 +280,8 @@ class Propagator final : public RuleContext {
     }
   }
 
-  void copy_state(const Value* from, const Value* to, const TensorPlacement* elem) {
+  void copy_state(const Value* from, const Value* to, const TensorPlacement* elem, const IntTag* elem_tag = nullptr) {
+    if (elem_tag) tag_[to] = *elem_tag;
     if (elem) place_[to] = *elem;
     else if (place_.count(from)) place_[to] = place_.at(from);
     if (tag_.count(from)) tag_[to] = tag_.at(from);
@@ -284,6 +300,11 @@ class Propagator final : public RuleContext {
       for (size_t i = 0; i < el.size(); ++i) copy_state(nullptr, n->outputs()[i], &el[i]);
       return;
     }
+    auto tags = elem_tags_.find(n->input(0));
+    if (tags != elem_tags_.end() && tags->second.size() == n->outputs().size()) {
+      for (size_t i = 0; i < tags->second.size(); ++i) copy_state(nullptr, n->outputs()[i], nullptr, &tags->second[i]);
+      return;
+    }
     if (any_split(n->input(0))) fail(n, "unpacks a container holding split tensors it cannot follow");
   }
 
@@ -297,6 +318,11 @@ class Propagator final : public RuleContext {
       if (i >= 0 && i < static_cast<int64_t>(items->size())) return copy_state((*items)[i], n->output(), nullptr);
     }
     auto el = elements(c);
+    auto tags = elem_tags_.find(c);
+    if (el.empty() && tags != elem_tags_.end()) {
+      i = norm_dim(i, static_cast<int64_t>(tags->second.size()));
+      if (i >= 0 && i < static_cast<int64_t>(tags->second.size())) return copy_state(nullptr, n->output(), nullptr, &tags->second[i]);
+    }
     i = norm_dim(i, static_cast<int64_t>(el.size()));
     if (i >= 0 && i < static_cast<int64_t>(el.size())) return copy_state(nullptr, n->output(), &el[i]);
     if (any_split(c)) fail(n, "indexes a container holding split tensors it cannot follow");
@@ -306,6 +332,14 @@ class Propagator final : public RuleContext {
   void visit_index(Node* n) { index_into(n); }
 
   void visit_control_flow(Node* n) {
+    // An if on constants and module attributes only (`if self.n_rep == 1`) takes the same branch on
+    // every run: that branch is followed like straight-line code.
+    if (n->kind() == c10::prim::If && tag(n->input(0)).kind == IntTag::Static && probed(n->input(0))) {
+      torch::jit::Block* taken = n->blocks()[probed(n->input(0))->toBool() ? 0 : 1];
+      walk(taken);
+      for (size_t i = 0; i < n->outputs().size(); ++i) copy_state(taken->outputs()[i], n->outputs()[i], nullptr);
+      return;
+    }
     for (Value* in : n->inputs())
       if (any_split(in)) fail(n, "carries a split tensor (" + describe(in) + ") into control flow");
     std::vector<torch::jit::Block*> blocks(n->blocks().begin(), n->blocks().end());

@@ -91,12 +91,19 @@ class Rewriter {
       Value* y = n->output();
       auto uses = y->uses();
       Value* bias = r.bias_input >= 0 && !is_none(n->input(static_cast<size_t>(r.bias_input))) ? n->input(static_cast<size_t>(r.bias_input)) : nullptr;
-      if (bias) {
+      if (bias && n->kind() == c10::aten::addmm) {  // addmm(b, x, W) -> x @ W; b is added after the reduce
+        WithInsertPoint before(n);
+        y = g_.insert(c10::aten::matmul, {NamedValue(n->input(1)), NamedValue(n->input(2))});
+        n->output()->replaceAllUsesWith(y);
+        uses = y->uses();
+        n = y->node();
+      } else if (bias) {
         WithInsertPoint before(n);
         n->replaceInput(static_cast<size_t>(r.bias_input), g_.insertConstant(c10::IValue()));
       }
       WithInsertPoint after(n->next());
       Value* out = g_.insert(kReduce, tp_args(y));
+      if (r.mean) out = g_.insert(c10::aten::div, {NamedValue(out), NamedValue(static_cast<double>(tp_))});
       if (bias) out = g_.insert(c10::aten::add, {NamedValue(out), NamedValue(bias)});
       for (const auto& u : uses) u.user->replaceInput(u.offset, out);
     }
@@ -122,13 +129,21 @@ class Rewriter {
   void rescale_sizes() {
     for (const auto& r : plan_.sites.rescales) {
       Node* n = node(r.node);
+      if (r.list_index < 0) {  // the int input itself (a slice bound, a split size)
+        WithInsertPoint at(n);
+        Value* v = n->input(static_cast<size_t>(r.list_input));
+        n->replaceInput(static_cast<size_t>(r.list_input),
+                        r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(v), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to));
+        continue;
+      }
       Node* list = n->input(static_cast<size_t>(r.list_input))->node();
       if (list->kind() != c10::prim::ListConstruct)
         throw Error(mg_.path + ": " + source_of(n) + ": the size list of " + n->kind().toQualString() +
                     " is not built in place, so its split size " + std::to_string(r.from) + " cannot be rescaled");
       WithInsertPoint at(n);
       std::vector<Value*> items(list->inputs().begin(), list->inputs().end());
-      items.at(static_cast<size_t>(r.list_index)) = g_.insertConstant(r.to);
+      Value*& item = items.at(static_cast<size_t>(r.list_index));
+      item = r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(item), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to);
       Node* fresh = g_.insertNode(g_.createList(c10::IntType::get(), items));
       n->replaceInput(static_cast<size_t>(r.list_input), fresh->output());
     }
@@ -145,12 +160,7 @@ class Rewriter {
       auto it = by_name.find(e.name);
       if (it == by_name.end()) continue;  // a buffer: read-only, shared
       const ParamPlan& p = *it->second;
-      at::Tensor t = e.tensor.detach();
-      if (p.split_dim >= 0) {
-        const int64_t len = t.size(p.split_dim) / tp_;
-        t = t.narrow(p.split_dim, rank_ * len, len);
-      }
-      t = t.contiguous().clone();
+      at::Tensor t = shard_of(e.tensor.detach(), p, tp_, rank_).contiguous().clone();
       t.set_requires_grad(e.tensor.requires_grad());
       fresh[static_cast<int>(i)] = t;
       if (mg_.kind == GraphKind::Frozen) continue;
@@ -261,6 +271,32 @@ at::Tensor first_tensor(const c10::IValue& v) {
   return {};
 }
 }  // namespace
+
+at::Tensor shard_of(const at::Tensor& full, const ParamPlan& p, int tp, int rank) {
+  if (p.split_dim < 0) return full;
+  const int64_t extent = full.size(p.split_dim);
+  const std::vector<int64_t> segments = p.segments.empty() ? std::vector<int64_t>{extent} : p.segments;
+  std::vector<at::Tensor> parts;
+  int64_t start = 0;
+  for (int64_t seg : segments) {
+    parts.push_back(full.narrow(p.split_dim, start + rank * (seg / tp), seg / tp));
+    start += seg;
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, p.split_dim);
+}
+
+at::Tensor assemble(const std::vector<at::Tensor>& parts, const ParamPlan& p) {
+  if (p.split_dim < 0) return parts.at(0);
+  const int tp = static_cast<int>(parts.size());
+  if (p.segments.empty()) return at::cat(parts, p.split_dim);
+  std::vector<at::Tensor> pieces;
+  int64_t local = 0;
+  for (int64_t seg : p.segments) {
+    for (const auto& part : parts) pieces.push_back(part.narrow(p.split_dim, local, seg / tp));
+    local += seg / tp;
+  }
+  return at::cat(pieces, p.split_dim);
+}
 
 at::Tensor logits_of(const c10::IValue& output) {
   at::Tensor t = first_tensor(output);

@@ -80,6 +80,7 @@ class RuleContext {
   virtual void set(const Value* v, TensorPlacement p) = 0;
   virtual void set_elements(const Value* v, std::vector<TensorPlacement> p) = 0;
   virtual void set_tag(const Value* v, IntTag t) = 0;
+  virtual void set_element_tags(const Value* v, std::vector<IntTag> t) = 0;  // an int list made by an op
   virtual void set_param_view(const Value* v, ParamView pv) = 0;
   virtual void exempt(Node* n, size_t input) = 0;  // this operand gets no copy_to_tp (see above)
   virtual void reads(Node* n) = 0;                 // parameters read in full by n's operands
@@ -87,6 +88,9 @@ class RuleContext {
   [[noreturn]] virtual void need_full(const Node* n, const std::set<int>& origins, const std::string& why) = 0;
   // The size list at input `list_input` of n, whose output is split at position split_pos.
   virtual void check_size_list(Node* n, size_t list_input, int split_pos, const std::set<int>& origins) = 0;
+  // An int on the split dim (a slice bound, a split size; list_index -1 for the input itself, else
+  // an entry of the list there): static ones are replaced by value/tp, run-time ones divided by tp.
+  virtual void rescale_int(Node* n, size_t input, int64_t list_index, const std::set<int>& origins) = 0;
   virtual ShardingStructure& structure() = 0;
   // Why linear n was sent back to replicated by an earlier round, or nullptr.
   virtual const std::string* forced_reason(Node* n) const = 0;
@@ -108,6 +112,10 @@ void register_param_rules(RuleTable& t);    // rules_param.cpp
 // Shared by rules of different families.
 void index_container(RuleContext& ctx, torch::jit::Node* n);   // a tuple/list element (propagate.cpp)
 bool matmul_with_parameter(RuleContext& ctx, torch::jit::Node* n);  // x @ W, x @ W.t() (rules_param.cpp)
+// The split dim of `p` (extent `extent`) cut at `bounds` (each in [0, extent]): a fused projection
+// when it is the output features of column linears; records the cuts on them (rules_param.cpp).
+bool cut_fused_projection(RuleContext& ctx, torch::jit::Node* n, const TensorPlacement& p, int64_t extent,
+                          const std::vector<int64_t>& bounds);
 void pass_through(RuleContext& ctx, torch::jit::Node* n);     // output placed as input 0 (rules_view.cpp)
 
 int norm_dim(int64_t d, int64_t rank);

@@ -69,9 +69,24 @@ void split_like_rule(RuleContext& c, Node* n) {
   const int64_t r = c.rank(n->input(0));
   const int d = norm_dim(c.int_of(c.arg(n, "dim")), r);
   const bool unbind = n->kind() == c10::aten::unbind;
-  if (d == p.dim)
-    c.need_full(n, p.origins, std::string(unbind ? "unbinds" : "cuts") + " the split dim " + std::to_string(d) + " of " +
-                                  c.describe(n->input(0)) + " (a fused projection cut into segments)");
+  if (d == p.dim) {
+    // A fused projection cut into segments (q, k, v; gate, up): each rank keeps its slice of each.
+    const int64_t extent = c.sizes(n->input(0)).at(static_cast<size_t>(d));
+    std::vector<int64_t> bounds{0};
+    if (!unbind)
+      for (const auto& piece : c.probed(n->output())->toListRef())
+        bounds.push_back(bounds.back() + piece.toTensor().size(d));
+    if (unbind || !cut_fused_projection(c, n, p, extent, bounds))
+      c.need_full(n, p.origins, std::string(unbind ? "unbinds" : "cuts") + " the split dim " + std::to_string(d) + " of " +
+                                    c.describe(n->input(0)) + ", which is not the output of a column-parallel linear");
+    if (c.arg(n, "split_size")) c.rescale_int(n, static_cast<size_t>(c.arg_index(n, "split_size")), -1, p.origins);
+    if (Value* sizes = c.arg(n, "split_sizes")) {
+      auto* items = c.list_items(sizes);
+      if (!items) c.fail(n, "cuts the split dim with sizes computed at run time; autotp needs them built from single sizes");
+      for (size_t i = 0; i < items->size(); ++i) c.rescale_int(n, static_cast<size_t>(c.arg_index(n, "split_sizes")), static_cast<int64_t>(i), p.origins);
+    }
+    return c.set_elements(n->output(), std::vector<TensorPlacement>(pieces, p));
+  }
   TensorPlacement each = p;
   if (unbind && d < p.dim) --each.dim;
   c.set_elements(n->output(), std::vector<TensorPlacement>(pieces, each));
@@ -98,9 +113,12 @@ void broadcast_tensors_rule(RuleContext& c, Node* n) {
 // aten::size(x, d): a per-rank size when d is the split dim, else a full one.
 void size_rule(RuleContext& c, Node* n) {
   TensorPlacement p = c.placement(n->input(0));
-  if (!c.arg(n, "dim")) {
-    if (!p.replicated()) c.fail(n, "reads the whole size list of a split tensor (" + c.describe(n->input(0)) + "); read single dims instead");
-    return;
+  if (!c.arg(n, "dim")) {  // x.shape: each entry means what x.size(d) would
+    if (p.partial()) c.fail(n, "reads the sizes of a partial sum");
+    std::vector<IntTag> tags;
+    for (int64_t d = 0; d < c.rank(n->input(0)); ++d)
+      tags.push_back(p.split() && p.dim == d ? IntTag{IntTag::Local, ""} : IntTag{IntTag::Full, ""});
+    return c.set_element_tags(n->output(), tags);
   }
   int d = norm_dim(c.int_of(c.arg(n, "dim")), c.rank(n->input(0)));
   c.set_tag(n->output(), p.split() && p.dim == d ? IntTag{IntTag::Local, ""} : IntTag{IntTag::Full, ""});

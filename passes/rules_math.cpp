@@ -46,7 +46,6 @@ void int_arithmetic(RuleContext& c, Node* n) {
 // over the split dim.
 void elementwise_rule(RuleContext& c, Node* n) {
   const Value* out = n->outputs().at(0);
-  c.reads(n);
   if (!c.is_tensor(out) || c.rank(out) == 0) return int_arithmetic(c, n);
   const int64_t ro = c.rank(out);
   std::vector<TensorPlacement> shards;
@@ -62,13 +61,23 @@ void elementwise_rule(RuleContext& c, Node* n) {
     shards.push_back(p);
   }
   if (od < 0) return c.set(out, {});
-  for (Value* in : n->inputs()) {
+  for (size_t i = 0; i < n->inputs().size(); ++i) {
+    Value* in = n->input(i);
     if (!c.is_tensor(in) || c.placement(in).split()) continue;
     auto sz = c.sizes(in);
     int d = od - static_cast<int>(ro - static_cast<int64_t>(sz.size()));
-    if (d >= 0 && sz[d] != 1)
-      c.need_full(n, merged(shards), "combines a split tensor with a replicated one of full extent " + std::to_string(sz[d]) +
-                                         " on the split dim");
+    if (d < 0 || sz[d] == 1) continue;
+    // A trainable parameter over the split features (a norm weight over a column-parallel output)
+    // is split with them; anything else of full extent needs the whole dim.
+    const ParamView* pv = c.param_view(in);
+    if (pv && !pv->dims.empty() && pv->dims[static_cast<size_t>(d)] >= 0 && c.graph().tensors[static_cast<size_t>(pv->tensor)].trainable) {
+      auto o = merged(shards);
+      c.structure().param_splits.push_back({pv->tensor, pv->dims[static_cast<size_t>(d)], n, std::vector<int>(o.begin(), o.end())});
+      c.exempt(n, i);
+      continue;
+    }
+    c.need_full(n, merged(shards), "combines a split tensor with a replicated one of full extent " + std::to_string(sz[d]) +
+                                       " on the split dim");
   }
   TensorPlacement res = TensorPlacement::shard(od, merged(shards));
   c.set(out, res);
@@ -99,13 +108,22 @@ std::vector<int> reduced_dims(RuleContext& c, Node* n) {
 
 // mean/sum/amax/var/std/norm/logsumexp over `dim` (by name), keeping dims if `keepdim` says so.
 void reduction_rule(RuleContext& c, Node* n) {
-  c.reads(n);
   TensorPlacement p = c.placement(n->input(0));
   if (p.partial()) c.fail(n, "reduces a partial sum");
   if (!p.split()) return c.set(n->outputs()[0], {});
   auto dims = reduced_dims(c, n);
-  if (std::count(dims.begin(), dims.end(), p.dim))
+  if (std::count(dims.begin(), dims.end(), p.dim)) {
+    // A sum over the split dim is a partial sum; a mean is one too, divided by tp (even splits).
+    // Each is all-reduced where it is made (a distributed norm: OLMo2's q/k RMSNorm over the
+    // whole projection). Other reductions (max, var, norm) need the whole dim.
+    const std::string name = n->kind().toQualString();
+    if (name == "aten::sum" || name == "aten::mean") {
+      c.structure().reduces.push_back({n, -1, -1, 0, name == "aten::mean"});
+      for (Value* out : n->outputs()) c.set(out, TensorPlacement::part(p.origins));
+      return;
+    }
     c.need_full(n, p.origins, "reduces over the split dim of " + c.describe(n->input(0)));
+  }
   bool keepdim = false;
   if (Value* kd = c.arg(n, "keepdim")) {
     auto* iv = c.probed(kd);
@@ -138,7 +156,6 @@ void matmul_rule(RuleContext& c, Node* n) {
   const Value* a = n->input(0);
   const Value* b = n->input(1);
   TensorPlacement sa = c.placement(a), sb = c.placement(b);
-  c.reads(n);
   if (sa.partial() || sb.partial()) c.fail(n, "multiplies a partial sum");
   if (!sa.split() && !sb.split()) return c.set(n->output(), {});
   const int64_t ra = c.rank(a), rb = c.rank(b), ro = c.rank(n->output());
@@ -173,7 +190,6 @@ void einsum_rule(RuleContext& c, Node* n) {
   Value* list = c.arg(n, "tensors");
   auto ps = c.elements(list);
   auto* items = c.list_items(list);
-  c.reads(n);
   if (!c.any_split(list)) return c.set(n->output(), {});
   if (!items) c.fail(n, "takes a list of split tensors it cannot follow");
   auto eq_iv = torch::jit::toIValue(c.arg(n, "equation"));

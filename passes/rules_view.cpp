@@ -103,6 +103,33 @@ void unflatten_rule(RuleContext& c, Node* n) {
     c.check_size_list(n, static_cast<size_t>(c.arg_index(n, "sizes")), p.dim - d, p.origins);
 }
 
+// aten::index(x, [None, ..., idx]): one index tensor on a dim off the split one (Falcon picks k and v
+// out of its fused groups this way); the indexed dim becomes the index's dims.
+void index_rule(RuleContext& c, Node* n) {
+  TensorPlacement p = c.placement(n->input(0));
+  if (p.replicated()) return c.set(n->output(), {});
+  // The index list as probed (a list of constants may itself have been folded into a constant).
+  Value* list = c.arg(n, "indices");
+  auto* items = c.list_items(list);
+  const c10::IValue* probed = c.probed(list);
+  int indexed = -1, tensors = 0;
+  int64_t index_rank = 0;
+  if (probed && probed->isList()) {
+    const auto& elems = probed->toListRef();
+    for (size_t k = 0; k < elems.size(); ++k) {
+      if (!elems[k].isTensor()) continue;
+      indexed = static_cast<int>(k);
+      index_rank = elems[k].toTensor().dim();
+      ++tensors;
+      if (items && !c.placement((*items)[k]).replicated()) c.fail(n, "indexes with a split index tensor");
+    }
+  }
+  if (p.partial() || tensors != 1) c.fail(n, "indexes " + c.describe(n->input(0)) + " with other than one index tensor");
+  if (indexed == p.dim) c.need_full(n, p.origins, "picks entries of the split dim of " + c.describe(n->input(0)));
+  if (p.dim > indexed) p.dim += static_cast<int>(index_rank) - 1;
+  c.set(n->output(), p);
+}
+
 void expand_rule(RuleContext& c, Node* n) {
   const Value* x = n->input(0);
   TensorPlacement px = c.placement(x);
@@ -176,15 +203,38 @@ void squeeze_rule(RuleContext& c, Node* n) {
   c.set(n->output(), p);
 }
 
-// slice / narrow: off the split dim it passes; cutting the split dim needs the full extent.
+// slice / narrow: off the split dim they pass; slicing the split dim is a fused projection's
+// segment (slice with step 1 only; narrow there needs the full extent).
 void slice_rule(RuleContext& c, Node* n) {
   TensorPlacement p = c.placement(n->input(0));
   if (p.partial()) c.fail(n, "slices a partial sum");
   if (p.split()) {
     int d = norm_dim(c.int_of(c.arg(n, "dim")), c.rank(n->input(0)));
-    if (d == p.dim && c.sizes(n->input(0))[d] != c.sizes(n->output())[d])
-      c.need_full(n, p.origins, "cuts the split dim " + std::to_string(d) + " of " + c.describe(n->input(0)) +
-                                    " (a fused projection sliced into segments)");
+    const int64_t extent = c.sizes(n->input(0))[d];
+    if (d == p.dim && extent != c.sizes(n->output())[d] && c.arg(n, "length"))
+      c.need_full(n, p.origins, "narrows the split dim " + std::to_string(d) + " of " + c.describe(n->input(0)));
+    if (d == p.dim && extent != c.sizes(n->output())[d]) {
+      // A fused projection sliced into segments: bounds from the probe, rescaled by tp.
+      auto bound = [&](const char* name, int64_t none) {
+        Value* v = c.arg(n, name);
+        if (!v || v->type()->kind() == c10::TypeKind::NoneType) return none;
+        int64_t b = c.int_of(v);
+        return b < 0 ? b + extent : std::min(b, extent);
+      };
+      Value* step = c.arg(n, "step");
+      const int64_t start = bound("start", 0), end = bound("end", extent);
+      if ((step && c.int_of(step) != 1) || !cut_fused_projection(c, n, p, extent, {start, end}))
+        c.need_full(n, p.origins, "cuts the split dim " + std::to_string(d) + " of " + c.describe(n->input(0)) +
+                                      ", which is not the output of a column-parallel linear sliced with step 1");
+      for (const char* name : {"start", "end"}) {
+        Value* v = c.arg(n, name);
+        if (!v || v->type()->kind() == c10::TypeKind::NoneType) continue;
+        const int64_t b = c.int_of(v);
+        if (b != 0 && b < extent && b > -extent) c.rescale_int(n, static_cast<size_t>(c.arg_index(n, name)), -1, p.origins);
+      }
+      view_of_param(c, n, {});
+      return c.set(n->output(), p);
+    }
   }
   view_of_param(c, n, {});
   c.set(n->output(), p);
@@ -237,6 +287,9 @@ void register_view_rules(RuleTable& t) {
   add_rule(t, "aten::flatten.using_ints", flatten_rule);
   add_rule(t, "aten::unflatten.int", unflatten_rule);
   add_rule(t, "aten::expand", expand_rule);
+  add_rule(t, "aten::broadcast_to", expand_rule);  // expand with the size list as input 1 too
+  add_rule(t, "aten::index.Tensor", index_rule);
+  add_rule(t, "aten::numpy_T", t_rule);
   add_rule(t, "aten::transpose.int", transpose_rule);
   add_rule(t, "aten::t", t_rule);
   add_rule(t, "aten::permute", permute_rule);

@@ -53,10 +53,10 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
     sites["copies"].push_back({{"node", c.node}, {"output", c.output}, {"uses", uses}});
   }
   sites["reduces"] = json::array();
-  for (const auto& r : g.reduces) sites["reduces"].push_back({{"node", r.node}, {"bias_input", r.bias_input}});
+  for (const auto& r : g.reduces) sites["reduces"].push_back({{"node", r.node}, {"bias_input", r.bias_input}, {"mean", r.mean}});
   sites["rescales"] = json::array();
   for (const auto& r : g.rescales)
-    sites["rescales"].push_back({{"node", r.node}, {"list_input", r.list_input}, {"list_index", r.list_index}, {"from", r.from}, {"to", r.to}});
+    sites["rescales"].push_back({{"node", r.node}, {"list_input", r.list_input}, {"list_index", r.list_index}, {"from", r.from}, {"to", r.to}, {"runtime", r.runtime}});
   j["sites"] = sites;
   return j.dump(indent);
 }
@@ -119,10 +119,11 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
         for (const auto& u : c.at("uses")) cc.uses.push_back({u.at(0).get<int64_t>(), u.at(1).get<int64_t>()});
         g.copies.push_back(std::move(cc));
       }
-      for (const auto& r : s.at("reduces")) g.reduces.push_back({r.at("node").get<int64_t>(), r.at("bias_input").get<int64_t>()});
+      for (const auto& r : s.at("reduces"))
+        g.reduces.push_back({r.at("node").get<int64_t>(), r.at("bias_input").get<int64_t>(), r.value("mean", false)});
       for (const auto& r : s.at("rescales"))
         g.rescales.push_back({r.at("node").get<int64_t>(), r.at("list_input").get<int64_t>(), r.at("list_index").get<int64_t>(),
-                              r.at("from").get<int64_t>(), r.at("to").get<int64_t>()});
+                              r.at("from").get<int64_t>(), r.at("to").get<int64_t>(), r.value("runtime", false)});
     }
     return plan;
   } catch (const Error&) {

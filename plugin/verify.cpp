@@ -282,7 +282,7 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
     }
     double e = 0;
     if (p.split_dim >= 0)
-      e = rel(at::cat(shards, p.split_dim), ref);
+      e = rel(assemble(shards, p), ref);
     else
       for (const auto& replica : shards) e = std::max(e, rel(replica, ref));  // each replica in full
     record_grad(rep, name, e);
@@ -305,16 +305,18 @@ VerifyReport verify_on_mesh(const std::string& path, const VerifyOptions& o, Mes
 
 namespace {
 
-// This rank's error of `got` against the reference `ref`: the same slice of `ref` when `got` is a
-// shard along `dim` (scaled by the whole reference: the number the re-assembled comparison gives),
-// all of it when dim < 0. A shard of the wrong shape is infinitely wrong, not an exception: every
-// rank must reach the max-reduce.
-double slice_rel(const at::Tensor& got, const at::Tensor& ref, int dim, int rank, int tp) {
-  at::Tensor mine = ref;
-  if (dim >= 0) {
-    const int64_t len = ref.size(dim) / tp;
-    mine = ref.narrow(dim, rank * len, len);
-  }
+// This rank's error of `got` against the reference `ref`: this rank's part of `ref` as the plan
+// splits it (scaled by the whole reference: the number the re-assembled comparison gives). A part
+// of the wrong shape is infinitely wrong, not an exception: every rank must reach the max-reduce.
+// The logits split as a parameter would be: over the vocabulary (last dim) when vocab_split.
+ParamPlan logits_part(const at::Tensor& logits, bool vocab_split) {
+  ParamPlan p;
+  p.split_dim = vocab_split ? static_cast<int>(logits.dim()) - 1 : -1;
+  return p;
+}
+
+double part_rel(const at::Tensor& got, const at::Tensor& ref, const ParamPlan& p, int rank, int tp) {
+  at::Tensor mine = shard_of(ref, p, tp, rank);
   if (got.sizes() != mine.sizes()) return std::numeric_limits<double>::infinity();
   return rel(got, mine, ref);
 }
@@ -349,14 +351,14 @@ VerifyReport verify_rank(torch::jit::Module& original, const TpPlan& plan, torch
   // Errors in one vector: logits, loss, then every gradient in the reference's (name) order, which
   // every rank shares. A gradient this rank lacks counts as zero: a gradient that never arrives.
   std::vector<double> errors{
-      slice_rel(res.logits, reference.logits, vocab_split ? static_cast<int>(res.logits.dim()) - 1 : -1, r, tp),
+      part_rel(res.logits, reference.logits, logits_part(res.logits, vocab_split), r, tp),
       std::abs(res.loss - reference.loss) / std::abs(reference.loss)};
   std::vector<std::string> names;
   for (const auto& [name, ref] : reference.grads) {
-    const int dim = plan_of(index, name).split_dim;
+    const ParamPlan& p = plan_of(index, name);
     auto it = res.grads.find(name);
-    at::Tensor got = it != res.grads.end() ? it->second : at::zeros_like(dim < 0 ? ref : ref.narrow(dim, 0, ref.size(dim) / tp));
-    errors.push_back(slice_rel(got, ref, dim, r, tp));
+    at::Tensor got = it != res.grads.end() ? it->second : at::zeros_like(shard_of(ref, p, tp, r));
+    errors.push_back(part_rel(got, ref, p, r, tp));
     names.push_back(name);
   }
   // Agree on the worst over all ranks (world group, so the tp counts above stay one step's). NaN

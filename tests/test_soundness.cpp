@@ -11,6 +11,8 @@
 #include <map>
 #include <sstream>
 
+#include <ATen/ATen.h>
+
 #include "autotp/autotp.h"
 #include "autotp/passes.h"
 #include "autotp/verify.h"
@@ -143,6 +145,90 @@ TEST(Soundness, TiedLmHeadWrittenAsMatmulIsVocabParallel) {
   EXPECT_EQ(logits, 1);
   for (int tp : {2, 4}) expect_verified("hole_tied_matmul", tp);
 }
+
+// ---- whole models in other codebases' styles (issue: any decoder-only model that traces) --------
+
+// nanoGPT: one fused c_attn split into q, k, v (each rank holds its slice of each segment, the split
+// size rescaled), C read from the residual stream at run time (divided by tp where it lands on a
+// split dim), biases everywhere, tied lm-head.
+TEST(Styles, NanoGPTFusedQkvAndRunTimeSizes) {
+  auto plan = autotp::inspect(fixture("style_nanogpt"), 2);
+  const auto p = by_name(plan);
+  EXPECT_EQ(p.at("h.0.attn.c_attn.weight").placement, Placement::Column);
+  EXPECT_EQ(p.at("h.0.attn.c_attn.weight").segments, (std::vector<int64_t>{64, 64, 64}));
+  EXPECT_EQ(p.at("h.0.attn.c_attn.bias").segments, (std::vector<int64_t>{64, 64, 64}));
+  EXPECT_EQ(p.at("h.0.attn.c_proj.weight").placement, Placement::Row);
+  int runtime = 0;
+  for (const auto& r : plan.sites.rescales) runtime += r.runtime;
+  EXPECT_EQ(runtime, 2);  // view(B, T, C) after attention, once per layer
+  for (int tp : {2, 4}) expect_verified("style_nanogpt", tp);
+}
+
+// Meta's reference Llama: complex rotary through view_as_complex, `bs, slen, n, d = x.shape` of a
+// split tensor, repeat_kv behind `if self.n_rep == 1` (an if on attributes only).
+TEST(Styles, MetaReferenceComplexRotary) {
+  auto plan = autotp::inspect(fixture("style_meta"), 2);
+  for (const auto& suffix : {"wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight"})
+    for (const auto& q : ending(plan, suffix)) EXPECT_EQ(q.placement, Placement::Column) << q.name;
+  for (const auto& suffix : {"wo.weight", "w2.weight"})
+    for (const auto& q : ending(plan, suffix)) EXPECT_EQ(q.placement, Placement::Row) << q.name;
+  for (int tp : {2, 4}) expect_verified("style_meta", tp);
+}
+
+// Names that say nothing (a..j, p..s); OLMo2-style RMSNorm over the whole q and k projections (a
+// distributed norm: mean of squares all-reduced, its weight split with the features); llama2.c
+// rotary by reshape(..., -1, 2) + unbind; a Phi-3-style gate/up fused and chunked in two.
+TEST(Styles, OpaqueNamesDistributedNormsAndChunkedGateUp) {
+  auto plan = autotp::inspect(fixture("style_opaque"), 2);
+  const auto p = by_name(plan);
+  for (const auto& w : {"q.0.a.weight", "q.0.b.weight", "q.0.c.weight", "q.0.e.weight"}) EXPECT_EQ(p.at(w).placement, Placement::Column) << w;
+  for (const auto& w : {"q.0.d.weight", "q.0.f.weight"}) EXPECT_EQ(p.at(w).placement, Placement::Row) << w;
+  EXPECT_EQ(p.at("q.0.e.weight").segments, (std::vector<int64_t>{128, 128}));
+  for (const auto& w : {"q.0.i.weight", "q.0.j.weight"}) {  // the q/k norm weights, split with q and k
+    EXPECT_EQ(p.at(w).placement, Placement::Column) << w;
+    EXPECT_EQ(p.at(w).split_dim, 0) << w;
+  }
+  int means = 0;
+  for (const auto& r : plan.sites.reduces) means += r.mean;
+  EXPECT_EQ(means, 4);  // q and k norm of 2 layers
+  for (int tp : {2, 4}) expect_verified("style_opaque", tp);
+}
+
+// A fused projection's shard, by hand: rows 0..5 in segments of 2 and 4; at tp 2 rank 1 holds row 1
+// of the first segment and rows 4, 5 of the second.
+TEST(Styles, SegmentShardsByHand) {
+  autotp::ParamPlan p;
+  p.split_dim = 0;
+  p.segments = {2, 4};
+  at::Tensor full = at::arange(12, at::kFloat).view({6, 2});
+  at::Tensor mine = autotp::shard_of(full, p, 2, 1);
+  EXPECT_TRUE(at::equal(mine, at::tensor({2.f, 3.f, 8.f, 9.f, 10.f, 11.f}).view({3, 2}))) << mine;
+  EXPECT_TRUE(at::equal(autotp::assemble({autotp::shard_of(full, p, 2, 0), mine}, p), full));
+}
+
+// ---- the zoo: every decoder-only architecture transformers 4.51 traces ---------------------------
+
+using Case = autotp_test::FixtureCase;
+class Zoo : public testing::TestWithParam<Case> {};
+
+// Logits, loss and every gradient within 1e-5 of the unsharded model, and no linear left
+// replicated without a reason that names the op which needed it whole.
+TEST_P(Zoo, MatchesItsUnshardedSelf) {
+  const auto& c = GetParam();
+  expect_verified(c.fixture, c.tp);
+  for (const auto& p : autotp::inspect(fixture(c.fixture), c.tp).parameters)
+    if (p.shape.size() == 2 && p.placement == Placement::Replicated)
+      EXPECT_NE(p.reason.find(" at "), std::string::npos) << p.name << ": " << p.reason;
+}
+
+std::vector<Case> zoo_cases() {
+  std::vector<Case> out;
+  for (const char* arch : {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "olmo2",
+                           "stablelm", "cohere", "granite", "gpt_neox", "falcon", "gpt2"})
+    for (int tp : {2, 4}) out.push_back({std::string("zoo_") + arch, tp});
+  return out;
+}
+INSTANTIATE_TEST_SUITE_P(Architectures, Zoo, testing::ValuesIn(zoo_cases()), autotp_test::case_name);
 
 // ---- the plan is data ---------------------------------------------------------------------------
 

@@ -47,6 +47,12 @@ struct RewriteInfo {
 };
 RewriteInfo rewrite_info(const torch::jit::Module& module);
 
+// This rank's part of a parameter as the plan splits it: a contiguous slice of split_dim, or for a
+// fused projection its slice of every segment; the tensor itself when replicated.
+at::Tensor shard_of(const at::Tensor& full, const ParamPlan& p, int tp, int rank);
+// The whole tensor from every rank's part, in rank order (the inverse of shard_of).
+at::Tensor assemble(const std::vector<at::Tensor>& parts, const ParamPlan& p);
+
 // The logits a model's forward returned: the tensor itself, or the first tensor of a tuple/list
 // (Hugging Face models exported with return_dict=False). Throws autotp::Error when there is none.
 at::Tensor logits_of(const c10::IValue& output);

@@ -21,6 +21,9 @@ struct ParamPlan {
   std::string reason;
   int64_t bytes = 0;                 // full size
   int64_t bytes_per_rank = 0;        // this rank's share at the plan's tp
+  // A fused projection's parameter: the lengths of the segments split_dim is cut into (q, k, v or
+  // gate, up); each rank holds its slice of every segment. Empty: one segment.
+  std::vector<int64_t> segments;
   // "tp all-reduce" for a replicated parameter used on split values: each rank's gradient covers
   // only its own heads or features, so it is summed over the TP group (copy_to_tp at that use).
   std::string grad;
@@ -57,9 +60,11 @@ struct GraphSites {
   };
   struct Reduce {  // reduce_from_tp after node; its bias input (or -1) is added once after
     int64_t node = 0, bias_input = -1;
+    bool mean = false;  // a mean over the split dim: divided by tp after the reduce
   };
-  struct Rescale {  // entry list_index of the size list at input list_input of node: from -> to
+  struct Rescale {  // entry list_index of the size list at input list_input of node (-1: that int input): from -> to
     int64_t node = 0, list_input = 0, list_index = 0, from = 0, to = 0;
+    bool runtime = false;  // a size read at run time: the rewrite divides it by tp in the graph
   };
   std::string fingerprint;
   std::vector<Copy> copies;
