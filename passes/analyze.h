@@ -101,6 +101,7 @@ struct ShardingStructure {
   std::vector<Copy> copies;
   std::vector<Reduce> reduces;
   std::vector<ParamSplit> param_splits;
+  std::vector<const torch::jit::Value*> logits;  // the vocab-split values that leave the graph
   std::map<int, std::string> tensor_use;  // tensors read in full (outside linear/embedding): first reader
 };
 

@@ -109,6 +109,8 @@ GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, int tp) {
                           r.from / tp, r.runtime});
   for (const auto& l : s.linears)
     if (l.logits) g.vocab = mg.tensors[l.weight].tensor.size(l.column_dim);
+  g.vocab_padded = (g.vocab + tp - 1) / tp * tp;
+  for (const auto* v : s.logits) g.logits.push_back({number.at(v->node()), static_cast<int64_t>(v->offset())});
   return g;
 }
 
@@ -168,19 +170,23 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   for (const auto& e : s.embeddings) add_constraint("vocabulary", T[e.weight].tensor.size(0), name(e.weight), e.node);
   for (const auto& r : s.rescales) add_constraint("split size", r.from, r.value, r.node);
 
+  // A vocabulary tp does not divide is padded (Megatron's make-vocab-size-divisible-by), so it
+  // constrains nothing; every other split extent must be divisible.
+  auto pads = [](const SplitConstraint& c) { return c.dimension == "vocabulary"; };
   std::vector<int64_t> extents;
-  for (const auto& c : plan.constraints) extents.push_back(c.extent);
+  for (const auto& c : plan.constraints)
+    if (!pads(c)) extents.push_back(c.extent);
   const int64_t g = gcd_all(extents);
-  for (int64_t d = 1; d <= g; ++d)
-    if (g % d == 0) plan.valid_tp.push_back(static_cast<int>(d));
+  for (int64_t d = 1; d <= (g ? g : 8); ++d)
+    if (!g || g % d == 0) plan.valid_tp.push_back(static_cast<int>(d));
 
-  if (g % tp != 0) {
+  if (g && g % tp != 0) {
     std::vector<std::string> seen;
     std::ostringstream msg;
     msg << mg.path << ": tp=" << tp << " does not divide ";
     bool first = true;
     for (const auto& c : plan.constraints) {
-      if (c.extent % tp == 0) continue;
+      if (c.extent % tp == 0 || pads(c)) continue;
       if (std::find(seen.begin(), seen.end(), c.dimension) != seen.end()) continue;
       seen.push_back(c.dimension);
       msg << (first ? "" : ", nor ") << "the " << c.dimension << " (" << c.extent << ", " << c.where << " at "
@@ -299,6 +305,13 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     }
     if (grad_reduced.count(static_cast<int>(t))) p.grad = "tp all-reduce";
     p.bytes_per_rank = p.split_dim >= 0 ? p.bytes / tp : p.bytes;
+    if (p.placement == Placement::Vocab && p.shape[static_cast<size_t>(p.split_dim)] % tp) {
+      const int64_t rows = p.shape[static_cast<size_t>(p.split_dim)], padded = (rows + tp - 1) / tp * tp;
+      p.padded = padded;
+      p.bytes_per_rank = p.bytes / rows * (padded / tp);
+      p.reason += "; padded with " + std::to_string(padded - rows) + " zero rows to " + std::to_string(padded) +
+                  " so tp divides it (their logits are masked out)";
+    }
     plan.bytes.total += p.bytes;
     plan.bytes.per_rank += p.bytes_per_rank;
     if (p.split_dim < 0) plan.bytes.replicated += p.bytes;

@@ -437,6 +437,7 @@ class Propagator final : public RuleContext {
       if (!p.split() || p.dim != rank(v) - 1 || p.origins.empty())
         fail(v->node(), "returns a tensor " + describe(v) + "; only logits split over the vocabulary may leave the graph");
       for (int c : p.origins) s_.linears[c].logits = true;
+      if (std::find(s_.logits.begin(), s_.logits.end(), v) == s_.logits.end()) s_.logits.push_back(v);
     }
   }
 };

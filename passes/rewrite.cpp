@@ -14,6 +14,7 @@
 //   rescale          the size-list entry on a split dim becomes from/tp (the module attribute is left
 //                    as it was: other reads of it are not on a split dim)
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include <torch/csrc/jit/api/function_impl.h>
@@ -55,6 +56,7 @@ class Rewriter {
       : mg_(mg), plan_(plan), g_(*mg.graph), nodes_(numbered_nodes(*mg.graph)), tp_(plan.tp), rank_(rank) {}
 
   void run() {
+    mask_padded_logits();
     insert_copies();
     insert_reduces();
     rescale_sizes();
@@ -72,6 +74,25 @@ class Rewriter {
       throw Error(plan_.model + ": the plan names graph node " + std::to_string(k) + " of " + std::to_string(nodes_.size()) +
                   "; make the plan from this model");
     return nodes_[static_cast<size_t>(k)];
+  }
+
+  // With a padded vocabulary, this rank's padded logit columns are -inf as they leave the graph:
+  // no probability, no gradient, the cross-entropy unchanged.
+  void mask_padded_logits() {
+    const auto& g = plan_.sites;
+    if (g.vocab_padded <= g.vocab) return;
+    const int64_t local = g.vocab_padded / tp_, first = rank_ * local;
+    if (first + local <= g.vocab) return;  // no padded column on this rank
+    at::Tensor mask = at::arange(first, first + local, at::kLong).ge(g.vocab);
+    for (const auto& o : g.logits) {
+      Node* n = node(o.node);
+      Value* v = n->outputs().at(static_cast<size_t>(o.output));
+      WithInsertPoint after(n->next());
+      Value* masked = g_.insert(c10::aten::masked_fill, {NamedValue(v), NamedValue(g_.insertConstant(mask)),
+                                                         NamedValue(-std::numeric_limits<double>::infinity())});
+      v->replaceAllUsesWith(masked);
+      masked->node()->replaceInput(0, v);
+    }
   }
 
   void insert_copies() {
@@ -222,7 +243,7 @@ void check_plan_fits(const TpPlan& plan, const ModelGraph& mg) {
     if (it->second->tensor.sizes().vec() != p.shape)
       throw Error(plan.model + ": the plan has " + p.name + " of shape " + shape_text(p.shape) + " but this module's is " +
                   shape_text(it->second->tensor.sizes().vec()) + "; make the plan from this model");
-    if (p.split_dim >= 0 && p.shape.at(static_cast<size_t>(p.split_dim)) % plan.tp != 0)
+    if (p.split_dim >= 0 && (p.padded ? p.padded : p.shape.at(static_cast<size_t>(p.split_dim))) % plan.tp != 0)
       throw Error(plan.model + ": the plan splits " + p.name + " on dim " + std::to_string(p.split_dim) + " of " + shape_text(p.shape) +
                   ", which tp=" + std::to_string(plan.tp) + " does not divide");
   }
@@ -243,7 +264,7 @@ torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan,
   Rewriter(mg, plan, tp_rank).run();
   install_forward(out, *mg.graph);
 
-  const int64_t vocab = plan.sites.vocab;
+  const int64_t vocab = plan.sites.vocab;  // the real one: the cross-entropy never sees padded columns
   out.register_attribute("autotp_tp", c10::IntType::get(), int64_t{plan.tp});
   out.register_attribute("autotp_tp_rank", c10::IntType::get(), int64_t{tp_rank});
   out.register_attribute("autotp_vocab", c10::IntType::get(), vocab);
@@ -272,8 +293,14 @@ at::Tensor first_tensor(const c10::IValue& v) {
 }
 }  // namespace
 
-at::Tensor shard_of(const at::Tensor& full, const ParamPlan& p, int tp, int rank) {
-  if (p.split_dim < 0) return full;
+at::Tensor shard_of(const at::Tensor& whole, const ParamPlan& p, int tp, int rank) {
+  if (p.split_dim < 0) return whole;
+  at::Tensor full = whole;
+  if (p.padded > whole.size(p.split_dim)) {  // zero rows so tp divides the vocabulary
+    std::vector<int64_t> pad_shape = whole.sizes().vec();
+    pad_shape[static_cast<size_t>(p.split_dim)] = p.padded - whole.size(p.split_dim);
+    full = at::cat({whole, at::zeros(pad_shape, whole.options())}, p.split_dim);
+  }
   const int64_t extent = full.size(p.split_dim);
   const std::vector<int64_t> segments = p.segments.empty() ? std::vector<int64_t>{extent} : p.segments;
   std::vector<at::Tensor> parts;
@@ -288,7 +315,10 @@ at::Tensor shard_of(const at::Tensor& full, const ParamPlan& p, int tp, int rank
 at::Tensor assemble(const std::vector<at::Tensor>& parts, const ParamPlan& p) {
   if (p.split_dim < 0) return parts.at(0);
   const int tp = static_cast<int>(parts.size());
-  if (p.segments.empty()) return at::cat(parts, p.split_dim);
+  if (p.segments.empty()) {
+    at::Tensor whole = at::cat(parts, p.split_dim);
+    return p.padded ? whole.narrow(p.split_dim, 0, p.shape.at(static_cast<size_t>(p.split_dim))) : whole;  // padding off
+  }
   std::vector<at::Tensor> pieces;
   int64_t local = 0;
   for (int64_t seg : p.segments) {

@@ -32,7 +32,7 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
     j["parameters"].push_back({{"name", p.name}, {"aliases", p.aliases}, {"shape", p.shape}, {"dtype", p.dtype},
                                {"placement", placement_name(p.placement)}, {"split_dim", p.split_dim},
                                {"reason", p.reason}, {"bytes", p.bytes}, {"bytes_per_rank", p.bytes_per_rank},
-                               {"grad", p.grad}});
+                               {"grad", p.grad}, {"segments", p.segments}, {"padded", p.padded}});
   }
   j["rescaled"] = json::array();
   for (const auto& r : plan.rescaled)
@@ -45,7 +45,9 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
     j["constraints"].push_back({{"dimension", c.dimension}, {"extent", c.extent}, {"where", c.where}, {"source", c.source}});
   j["bytes"] = {{"total", plan.bytes.total}, {"per_rank", plan.bytes.per_rank}, {"replicated", plan.bytes.replicated}};
   const auto& g = plan.sites;
-  json sites{{"fingerprint", g.fingerprint}, {"vocab", g.vocab}, {"embeddings", g.embeddings}};
+  json sites{{"fingerprint", g.fingerprint}, {"vocab", g.vocab}, {"vocab_padded", g.vocab_padded}, {"embeddings", g.embeddings}};
+  sites["logits"] = json::array();
+  for (const auto& o : g.logits) sites["logits"].push_back({o.node, o.output});
   sites["copies"] = json::array();
   for (const auto& c : g.copies) {
     json uses = json::array();
@@ -105,6 +107,8 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
       pp.bytes = p.value("bytes", int64_t{0});
       pp.bytes_per_rank = p.value("bytes_per_rank", int64_t{0});
       pp.grad = p.value("grad", "");
+      pp.segments = p.value("segments", std::vector<int64_t>{});
+      pp.padded = p.value("padded", int64_t{0});
       plan.parameters.push_back(std::move(pp));
     }
     key = "sites";
@@ -113,6 +117,8 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
       auto& g = plan.sites;
       g.fingerprint = s.at("fingerprint").get<std::string>();
       g.vocab = s.value("vocab", int64_t{0});
+      g.vocab_padded = s.value("vocab_padded", g.vocab);
+      for (const auto& o : s.value("logits", json::array())) g.logits.push_back({o.at(0).get<int64_t>(), o.at(1).get<int64_t>()});
       g.embeddings = s.value("embeddings", std::vector<int64_t>{});
       for (const auto& c : s.at("copies")) {
         GraphSites::Copy cc{c.at("node").get<int64_t>(), c.at("output").get<int64_t>(), {}};

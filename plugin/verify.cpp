@@ -58,6 +58,16 @@ double rel(const at::Tensor& got, const at::Tensor& ref, const at::Tensor& whole
 }
 double rel(const at::Tensor& got, const at::Tensor& ref) { return rel(got, ref, ref); }
 
+// The logits split as a parameter would be: over the (padded) vocabulary when vocab_split.
+ParamPlan logits_part(const at::Tensor& reference_logits, bool vocab_split, const TpPlan& plan) {
+  ParamPlan p;
+  p.shape = reference_logits.sizes().vec();
+  p.split_dim = vocab_split ? static_cast<int>(reference_logits.dim()) - 1 : -1;
+  if (vocab_split && plan.sites.vocab_padded > plan.sites.vocab) p.padded = plan.sites.vocab_padded;
+  return p;
+}
+
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   return "[" + std::to_string(shape.at(0)) + ", " + std::to_string(shape.at(1)) + "]";
 }
@@ -265,7 +275,7 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
   rep.tp_by_kind = by_kind;
   std::vector<at::Tensor> logits;
   for (const auto& res : results) logits.push_back(res.logits);
-  at::Tensor assembled = vocab_split ? at::cat(logits, -1) : logits[0];
+  at::Tensor assembled = vocab_split ? assemble(logits, logits_part(reference.logits, vocab_split, s.plan)) : logits[0];
   rep.logits_rel = rel(assembled, reference.logits);
   if (!vocab_split)  // replicated logits: every rank must hold the same
     for (const auto& l : logits) rep.logits_rel = std::max(rep.logits_rel, rel(l, reference.logits));
@@ -308,16 +318,15 @@ namespace {
 // This rank's error of `got` against the reference `ref`: this rank's part of `ref` as the plan
 // splits it (scaled by the whole reference: the number the re-assembled comparison gives). A part
 // of the wrong shape is infinitely wrong, not an exception: every rank must reach the max-reduce.
-// The logits split as a parameter would be: over the vocabulary (last dim) when vocab_split.
-ParamPlan logits_part(const at::Tensor& logits, bool vocab_split) {
-  ParamPlan p;
-  p.split_dim = vocab_split ? static_cast<int>(logits.dim()) - 1 : -1;
-  return p;
-}
-
 double part_rel(const at::Tensor& got, const at::Tensor& ref, const ParamPlan& p, int rank, int tp) {
   at::Tensor mine = shard_of(ref, p, tp, rank);
   if (got.sizes() != mine.sizes()) return std::numeric_limits<double>::infinity();
+  if (p.padded) {  // padding is not the model's: compare this rank's real rows or columns only
+    const int64_t local = p.padded / tp, real = p.shape.at(static_cast<size_t>(p.split_dim));
+    const int64_t keep = std::max<int64_t>(0, std::min(local, real - rank * local));
+    if (keep == 0) return 0;
+    return rel(got.narrow(p.split_dim, 0, keep), mine.narrow(p.split_dim, 0, keep), ref);
+  }
   return rel(got, mine, ref);
 }
 
@@ -351,7 +360,7 @@ VerifyReport verify_rank(torch::jit::Module& original, const TpPlan& plan, torch
   // Errors in one vector: logits, loss, then every gradient in the reference's (name) order, which
   // every rank shares. A gradient this rank lacks counts as zero: a gradient that never arrives.
   std::vector<double> errors{
-      part_rel(res.logits, reference.logits, logits_part(res.logits, vocab_split), r, tp),
+      part_rel(res.logits, reference.logits, logits_part(reference.logits, vocab_split, plan), r, tp),
       std::abs(res.loss - reference.loss) / std::abs(reference.loss)};
   std::vector<std::string> names;
   for (const auto& [name, ref] : reference.grads) {

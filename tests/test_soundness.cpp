@@ -230,6 +230,21 @@ std::vector<Case> zoo_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Architectures, Zoo, testing::ValuesIn(zoo_cases()), autotp_test::case_name);
 
+// A prime vocabulary (251, tied): no tp > 1 divides it, none is refused for it; the rows are padded
+// to a multiple of tp, the padded logits masked, and the model still equals its unsharded self.
+TEST(Soundness, VocabularyTpDoesNotDivideIsPadded) {
+  auto plan = autotp::inspect(fixture("llama_vocab251"), 4);
+  EXPECT_EQ(plan.valid_tp, (std::vector<int>{1, 2, 4}));
+  auto p = by_name(plan).at("model.embed_tokens.weight");
+  EXPECT_EQ(p.placement, Placement::Vocab);
+  EXPECT_EQ(p.padded, 252);
+  EXPECT_EQ(p.bytes_per_rank, 63 * 64 * 4);
+  EXPECT_NE(p.reason.find("padded with 1 zero rows to 252"), std::string::npos) << p.reason;
+  EXPECT_EQ(plan.sites.vocab, 251);
+  EXPECT_EQ(plan.sites.vocab_padded, 252);
+  for (int tp : {2, 4}) expect_verified("llama_vocab251", tp);
+}
+
 // ---- the plan is data ---------------------------------------------------------------------------
 
 TEST(PlanAsData, JsonRoundTripKeepsEverythingTheRewriteNeeds) {

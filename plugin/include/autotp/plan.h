@@ -24,6 +24,8 @@ struct ParamPlan {
   // A fused projection's parameter: the lengths of the segments split_dim is cut into (q, k, v or
   // gate, up); each rank holds its slice of every segment. Empty: one segment.
   std::vector<int64_t> segments;
+  // A vocab-split tensor tp does not divide: split_dim's extent after zero padding (0: none).
+  int64_t padded = 0;
   // "tp all-reduce" for a replicated parameter used on split values: each rank's gradient covers
   // only its own heads or features, so it is summed over the TP group (copy_to_tp at that use).
   std::string grad;
@@ -72,6 +74,11 @@ struct GraphSites {
   std::vector<int64_t> embeddings;
   std::vector<Rescale> rescales;
   int64_t vocab = 0;  // full vocabulary when the logits leave the graph vocab-split, else 0
+  int64_t vocab_padded = 0;  // the vocabulary padded to a multiple of tp
+  struct Output {  // output `output` of node `node`
+    int64_t node = 0, output = 0;
+  };
+  std::vector<Output> logits;  // the vocab-split logits leaving the graph (padded columns are masked)
 };
 
 // A dimension the plan splits; tp must divide its extent.
