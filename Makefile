@@ -2,10 +2,11 @@
 #   make run    set up, build, and fine-tune the bundled SmolLM2-135M-Instruct with tp=3 + ZeRO-1
 #   make test   set up, build, and run every test
 #   make bench  set up, build, and run the benchmarks (not part of the tests)
+#   make mutants  build deliberate faults one at a time and show which tests catch each
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: setup build run test bench clean
+.PHONY: setup build run test bench mutants clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -29,6 +30,10 @@ bench: build
 	@cmake --build $(BUILD) --target autotp_bench -j $(JOBS)
 	$(BUILD)/autotp_bench --benchmark_report_aggregates_only=true
 	BUILD=$(BUILD) .venv/bin/python benchmarks/bench_train.py
+
+# Each deliberate fault of tests/mutants/run.py must make a test fail (rebuilds; not part of `make test`).
+mutants: build
+	.venv/bin/python tests/mutants/run.py build-mutants
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log

@@ -1,6 +1,6 @@
-// The propagation engine (see analyze.h and rules.h): walks the flat graph once per round, keeps
-// each value's placement (list elements included), size tags and parameter views, runs each op's
-// rule, and applies the one rule every op shares: a replicated operand with a gradient that meets
+// The propagation engine (see analyze.h and rules.h): walks the flat graph once per round (the
+// per-value state lives in RuleContext, rule_context.cpp), runs each op's rule, records parameter
+// reads, and applies the one rule every op shares: a replicated operand with a gradient that meets
 // a split or partial result goes through copy_to_tp. Structural ops (constants, attributes, lists,
 // tuples, control flow) are handled here; everything with a schema goes through the registry.
 #include <algorithm>
@@ -10,22 +10,6 @@
 #include "passes/rules.h"
 
 namespace autotp {
-
-int norm_dim(int64_t d, int64_t rank) { return static_cast<int>(d < 0 ? d + rank : d); }
-
-std::set<int> merged(const std::vector<TensorPlacement>& ps) {
-  std::set<int> o;
-  for (const auto& p : ps) o.insert(p.origins.begin(), p.origins.end());
-  return o;
-}
-
-std::string join_shape(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << "]";
-  return o.str();
-}
 
 namespace {
 
@@ -41,191 +25,35 @@ struct NeedsFull {
 class Propagator final : public RuleContext {
  public:
   Propagator(const ModelGraph& mg, const ProbeValues& values, const ForcedReplicated& forced)
-      : mg_(mg), values_(values), forced_(forced) {}
+      : RuleContext(mg, values), forced_(forced) {}
 
   ShardingStructure run() {
     walk(mg_.graph->block());
     finish_outputs();
     collect_copies();
     for (auto& r : s_.reduces) r.bytes = bytes_of(r.node->output());
+#if AUTOTP_MUTANT == 6  // mutant (make mutants): only the column linears' copy_to_tp, no partial-gradient copies
+    s_.copies.erase(std::remove_if(s_.copies.begin(), s_.copies.end(), [](const auto& c) { return !c.for_linear; }),
+                    s_.copies.end());
+#endif
     return std::move(s_);
   }
 
-  // ---- RuleContext: operands ---------------------------------------------------------------------
-  const ModelGraph& graph() const override { return mg_; }
-  TensorPlacement placement(const Value* v) const override {
-    auto it = place_.find(v);
-    return it == place_.end() ? TensorPlacement{} : it->second;
-  }
-  std::vector<TensorPlacement> elements(const Value* v) const override {
-    if (auto* items = list_items(v)) {
-      std::vector<TensorPlacement> out;
-      for (auto* i : *items) out.push_back(placement(i));
-      return out;
-    }
-    auto it = elem_place_.find(v);
-    return it == elem_place_.end() ? std::vector<TensorPlacement>{} : it->second;
-  }
-  const std::vector<Value*>* list_items(const Value* v) const override {
-    auto it = items_.find(v);
-    return it == items_.end() ? nullptr : &it->second;
-  }
-  bool any_split(const Value* v) const override {
-    if (!placement(v).replicated()) return true;
-    if (auto* items = list_items(v)) {
-      for (auto* i : *items)
-        if (any_split(i)) return true;
-      return false;
-    }
-    for (const auto& p : elements(v))
-      if (!p.replicated()) return true;
-    return false;
-  }
-  const c10::IValue* probed(const Value* v) const override {
-    auto it = values_.find(v);
-    return it == values_.end() ? nullptr : &it->second;
-  }
-  bool is_tensor(const Value* v) const override {
-    auto* iv = probed(v);
-    return iv && iv->isTensor();
-  }
-  std::vector<int64_t> sizes(const Value* v) const override {
-    auto* iv = probed(v);
-    if (!iv || !iv->isTensor()) return {};
-    return iv->toTensor().sizes().vec();
-  }
-  int64_t rank(const Value* v) const override { return static_cast<int64_t>(sizes(v).size()); }
-  int64_t int_of(const Value* v) const override {
-    auto* iv = probed(v);
-    if (iv && iv->isInt()) return iv->toInt();
-    if (auto c = torch::jit::toIValue(v))
-      if (c->isInt()) return c->toInt();
-    throw Error(mg_.path + ": expected an int for %" + v->debugName() + " at " + at(v->node()));
-  }
-  std::vector<int64_t> ints_of(const Value* v) const override {
-    auto* iv = probed(v);
-    if (iv && iv->isIntList()) return iv->toIntVector();
-    if (iv && iv->isInt()) return {iv->toInt()};
-    if (auto c = torch::jit::toIValue(v)) {
-      if (c->isIntList()) return c->toIntVector();
-      if (c->isInt()) return {c->toInt()};
-    }
-    throw Error(mg_.path + ": expected an int list at " + at(v->node()));
-  }
-  IntTag tag(const Value* v) const override {
-    auto it = tag_.find(v);
-    if (it != tag_.end()) return it->second;
-    if (v->node()->kind() == c10::prim::Constant) {
-      const auto& name = v->debugName();
-      if (name.rfind("self.", 0) == 0) return {IntTag::Static, "constant " + name.substr(5)};
-      return {IntTag::Static, "constant"};
-    }
-    return {IntTag::Full, ""};
-  }
-  const ParamView* param_view(const Value* v) const override {
-    auto it = view_.find(v);
-    return it == view_.end() ? nullptr : &it->second;
-  }
-  Value* arg(Node* n, const char* name) const override {
-    int i = arg_index(n, name);
-    return i < 0 ? nullptr : n->input(static_cast<size_t>(i));
-  }
-  int arg_index(Node* n, const char* name) const override {
-    const auto* schema = n->maybeSchema();
-    if (!schema) return -1;
-    auto i = schema->argumentIndexWithName(name);
-    return i && static_cast<size_t>(*i) < n->inputs().size() ? static_cast<int>(*i) : -1;
-  }
-  std::string describe(const Value* v) const override {
-    TensorPlacement p = placement(v);
-    std::string d = "shape " + join_shape(sizes(v));
-    if (p.split()) d += " split on dim " + std::to_string(p.dim);
-    if (p.partial()) d += " partial";
-    return d;
-  }
-
-  // ---- RuleContext: answers ----------------------------------------------------------------------
-  void set(const Value* v, TensorPlacement p) override { place_[v] = std::move(p); }
-  void set_elements(const Value* v, std::vector<TensorPlacement> p) override { elem_place_[v] = std::move(p); }
-  void set_tag(const Value* v, IntTag t) override { tag_[v] = std::move(t); }
-  void set_element_tags(const Value* v, std::vector<IntTag> t) override { elem_tags_[v] = std::move(t); }
-  void set_param_view(const Value* v, ParamView pv) override { view_[v] = std::move(pv); }
-  void exempt(Node* n, size_t input) override { exempt_.insert({n, input}); }
-  void reads(Node* n) override {
-    for (size_t i = 0; i < n->inputs().size(); ++i) {
-      if (exempt_.count({n, i})) continue;
-      note_read(n->input(i), n);
-      if (auto* items = list_items(n->input(i)))
-        for (auto* e : *items) note_read(e, n);
-    }
-  }
-  [[noreturn]] void fail(const Node* n, const std::string& what) const override {
-    throw Error(mg_.path + ": " + at(n) + ": " + what);
-  }
   [[noreturn]] void need_full(const Node* n, const std::set<int>& origins, const std::string& why) override {
     if (origins.empty()) fail(n, why);
     NeedsFull nf{{}, at(n) + " " + why};
     for (int o : origins) nf.linears.push_back(s_.linears[o].node);
     throw nf;
   }
-  void check_size_list(Node* n, size_t list_input, int split_pos, const std::set<int>& origins) override {
-    auto* items = list_items(n->input(list_input));
-    if (!items) fail(n, "takes a size list computed at run time; autotp needs it built from single sizes");
-    for (size_t i = 0; i < items->size(); ++i) {
-      IntTag t = tag((*items)[i]);
-      if (static_cast<int>(i) == split_pos) {
-        const int64_t v = int_of((*items)[i]);
-        // A static size is replaced by v/tp; one read at run time from an unsplit extent (nanoGPT's
-        // reshape(B, T, C) with C = x.size(-1)) is divided by tp where it is used. -1 stays -1.
-        if (t.kind != IntTag::Local && v != -1)
-          s_.rescales.push_back({n, list_input, static_cast<int64_t>(i), v, t.kind == IntTag::Full ? "size read at run time" : t.what,
-                                 std::vector<int>(origins.begin(), origins.end()), t.kind == IntTag::Full});
-      } else if (t.kind == IntTag::Local) {
-        fail(n, "size[" + std::to_string(i) + "] is read from a split dim but sits on an unsplit one");
-      }
-    }
-  }
-  void rescale_int(Node* n, size_t input, int64_t list_index, const std::set<int>& origins) override {
-    const Value* v = list_index < 0 ? n->input(input) : list_items(n->input(input))->at(static_cast<size_t>(list_index));
-    IntTag t = tag(v);
-    if (t.kind == IntTag::Local) return;  // read from the split dim: already per-rank
-    const int64_t from = int_of(v);
-    if (from == 0) return;
-    s_.rescales.push_back({n, input, list_index, from, t.kind == IntTag::Full ? "size read at run time" : t.what,
-                           std::vector<int>(origins.begin(), origins.end()), t.kind == IntTag::Full});
-  }
-  ShardingStructure& structure() override { return s_; }
   const std::string* forced_reason(Node* n) const override {
     auto f = forced_.find(n);
     return f == forced_.end() ? nullptr : &f->second;
   }
 
  private:
-  const ModelGraph& mg_;
-  const ProbeValues& values_;
   const ForcedReplicated& forced_;
-  ShardingStructure s_;
-  std::unordered_map<const Value*, TensorPlacement> place_;
-  std::unordered_map<const Value*, std::vector<TensorPlacement>> elem_place_;  // lists made by ops (chunk, split)
-  std::unordered_map<const Value*, std::vector<Value*>> items_;          // lists/tuples built in the graph
-  std::unordered_map<const Value*, IntTag> tag_;
-  std::unordered_map<const Value*, std::vector<IntTag>> elem_tags_;  // int lists made by ops (x.shape)
-  std::unordered_map<const Value*, ParamView> view_;
-  std::set<std::pair<Node*, size_t>> exempt_;
   // Replicated operands with a gradient feeding a split/partial result, in graph order.
   std::vector<std::pair<Node*, size_t>> copy_uses_;
-
-  std::string at(const Node* n) const {
-    std::string where = std::string(n->kind().toQualString()) + " at " + source_of(n);
-    std::string m = module_of(mg_, n);
-    if (!m.empty()) where += " (" + m + ")";
-    return where;
-  }
-
-  void note_read(const Value* v, Node* reader) {
-    const ParamView* pv = param_view(v);
-    if (pv && !s_.tensor_use.count(pv->tensor)) s_.tensor_use[pv->tensor] = at(reader);
-  }
 
   int64_t bytes_of(const Value* v) const {
     auto* iv = probed(v);
@@ -247,12 +75,10 @@ class Propagator final : public RuleContext {
   void visit(Node* n) {
     const auto kind = n->kind();
     if (kind == c10::prim::Constant || kind == c10::prim::GetAttr) return visit_read(n);
-    if (kind == c10::prim::TupleConstruct || kind == c10::prim::ListConstruct) {
-      items_[n->output()] = std::vector<Value*>(n->inputs().begin(), n->inputs().end());
-      return;
-    }
+    if (kind == c10::prim::TupleConstruct || kind == c10::prim::ListConstruct)
+      return set_items(n->output(), std::vector<Value*>(n->inputs().begin(), n->inputs().end()));
     if (kind == c10::prim::TupleUnpack || kind == c10::prim::ListUnpack) return visit_unpack(n);
-    if (kind == c10::prim::TupleIndex) return visit_index(n);
+    if (kind == c10::prim::TupleIndex) return index_into(n);
     if (kind == c10::prim::NumToTensor) return set_tag(n->output(), tag(n->input(0)));
     if (!n->blocks().empty()) return visit_control_flow(n);
     Rule rule = find_rule(n);
@@ -280,16 +106,6 @@ class Propagator final : public RuleContext {
     }
   }
 
-  void copy_state(const Value* from, const Value* to, const TensorPlacement* elem, const IntTag* elem_tag = nullptr) {
-    if (elem_tag) tag_[to] = *elem_tag;
-    if (elem) place_[to] = *elem;
-    else if (place_.count(from)) place_[to] = place_.at(from);
-    if (tag_.count(from)) tag_[to] = tag_.at(from);
-    if (items_.count(from)) items_[to] = items_.at(from);
-    if (elem_place_.count(from)) elem_place_[to] = elem_place_.at(from);
-    if (view_.count(from)) view_[to] = view_.at(from);
-  }
-
   void visit_unpack(Node* n) {
     if (auto* items = list_items(n->input(0)); items && items->size() == n->outputs().size()) {
       for (size_t i = 0; i < items->size(); ++i) copy_state((*items)[i], n->outputs()[i], nullptr);
@@ -300,36 +116,13 @@ class Propagator final : public RuleContext {
       for (size_t i = 0; i < el.size(); ++i) copy_state(nullptr, n->outputs()[i], &el[i]);
       return;
     }
-    auto tags = elem_tags_.find(n->input(0));
-    if (tags != elem_tags_.end() && tags->second.size() == n->outputs().size()) {
-      for (size_t i = 0; i < tags->second.size(); ++i) copy_state(nullptr, n->outputs()[i], nullptr, &tags->second[i]);
+    auto* tags = element_tags(n->input(0));
+    if (tags && tags->size() == n->outputs().size()) {
+      for (size_t i = 0; i < tags->size(); ++i) copy_state(nullptr, n->outputs()[i], nullptr, &(*tags)[i]);
       return;
     }
     if (any_split(n->input(0))) fail(n, "unpacks a container holding split tensors it cannot follow");
   }
-
-  // Indexing a tuple/list: the element's state (aten::__getitem__ comes here through its rule too).
- public:
-  void index_into(Node* n) {
-    const Value* c = n->input(0);
-    int64_t i = int_of(n->input(1));
-    if (auto* items = list_items(c)) {
-      i = norm_dim(i, static_cast<int64_t>(items->size()));
-      if (i >= 0 && i < static_cast<int64_t>(items->size())) return copy_state((*items)[i], n->output(), nullptr);
-    }
-    auto el = elements(c);
-    auto tags = elem_tags_.find(c);
-    if (el.empty() && tags != elem_tags_.end()) {
-      i = norm_dim(i, static_cast<int64_t>(tags->second.size()));
-      if (i >= 0 && i < static_cast<int64_t>(tags->second.size())) return copy_state(nullptr, n->output(), nullptr, &tags->second[i]);
-    }
-    i = norm_dim(i, static_cast<int64_t>(el.size()));
-    if (i >= 0 && i < static_cast<int64_t>(el.size())) return copy_state(nullptr, n->output(), &el[i]);
-    if (any_split(c)) fail(n, "indexes a container holding split tensors it cannot follow");
-  }
-
- private:
-  void visit_index(Node* n) { index_into(n); }
 
   void visit_control_flow(Node* n) {
     // An if on constants and module attributes only (`if self.n_rep == 1`) takes the same branch on
@@ -385,7 +178,7 @@ class Propagator final : public RuleContext {
     for (Value* out : n->outputs()) split_out |= any_split(out);
     if (!split_out) return;
     for (size_t i = 0; i < n->inputs().size(); ++i) {
-      if (exempt_.count({n, i})) continue;
+      if (is_exempt(n, i)) continue;
       Value* in = n->input(i);
       if (auto* items = list_items(in)) {
         Node* list = in->node();
@@ -443,8 +236,6 @@ class Propagator final : public RuleContext {
 };
 
 }  // namespace
-
-void index_container(RuleContext& ctx, torch::jit::Node* n) { static_cast<Propagator&>(ctx).index_into(n); }
 
 ShardingStructure propagate(const ModelGraph& mg, const ProbeValues& values, ForcedReplicated forced) {
   for (;;) {

@@ -125,6 +125,9 @@ class Rewriter {
       WithInsertPoint after(n->next());
       Value* out = g_.insert(kReduce, tp_args(y));
       if (r.mean) out = g_.insert(c10::aten::div, {NamedValue(out), NamedValue(static_cast<double>(tp_))});
+#if AUTOTP_MUTANT == 1  // mutant (make mutants): the row-parallel bias is dropped instead of added after the reduce
+      bias = nullptr;
+#endif
       if (bias) out = g_.insert(c10::aten::add, {NamedValue(out), NamedValue(bias)});
       for (const auto& u : uses) u.user->replaceInput(u.offset, out);
     }
@@ -149,6 +152,9 @@ class Rewriter {
 
   void rescale_sizes() {
     for (const auto& r : plan_.sites.rescales) {
+#if AUTOTP_MUTANT == 3  // mutant (make mutants): the first recorded size is left as it was
+      if (&r == &plan_.sites.rescales.front()) continue;
+#endif
       Node* n = node(r.node);
       if (r.list_index < 0) {  // the int input itself (a slice bound, a split size)
         WithInsertPoint at(n);

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <set>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -51,49 +52,80 @@ struct ParamView {
   std::vector<int> dims;
 };
 
+// What a rule sees and says. The state of every value (placements, list elements, size tags,
+// parameter views) lives here (rule_context.cpp); the engine (propagate.cpp) derives from it, walks
+// the graph and decides what a back-off means.
 class RuleContext {
  public:
-  virtual ~RuleContext() = default;
   using Node = torch::jit::Node;
   using Value = torch::jit::Value;
+  RuleContext(const ModelGraph& mg, const ProbeValues& values) : mg_(mg), values_(values) {}
+  virtual ~RuleContext() = default;
 
-  virtual const ModelGraph& graph() const = 0;
+  const ModelGraph& graph() const { return mg_; }
   // Operands.
-  virtual TensorPlacement placement(const Value* v) const = 0;
-  virtual std::vector<TensorPlacement> elements(const Value* v) const = 0;  // a list's elements ({} if unknown)
-  virtual const std::vector<Value*>* list_items(const Value* v) const = 0;  // a list built in the graph
-  virtual bool any_split(const Value* v) const = 0;  // the value or one of its elements is split/partial
-  virtual std::vector<int64_t> sizes(const Value* v) const = 0;
-  virtual int64_t rank(const Value* v) const = 0;
-  virtual bool is_tensor(const Value* v) const = 0;
-  virtual const c10::IValue* probed(const Value* v) const = 0;
-  virtual int64_t int_of(const Value* v) const = 0;
-  virtual std::vector<int64_t> ints_of(const Value* v) const = 0;
-  virtual IntTag tag(const Value* v) const = 0;
-  virtual const ParamView* param_view(const Value* v) const = 0;
+  TensorPlacement placement(const Value* v) const;
+  std::vector<TensorPlacement> elements(const Value* v) const;  // a list's elements ({} if unknown)
+  const std::vector<Value*>* list_items(const Value* v) const;  // a list built in the graph
+  bool any_split(const Value* v) const;  // the value or one of its elements is split/partial
+  std::vector<int64_t> sizes(const Value* v) const;
+  int64_t rank(const Value* v) const { return static_cast<int64_t>(sizes(v).size()); }
+  bool is_tensor(const Value* v) const;
+  const c10::IValue* probed(const Value* v) const;
+  int64_t int_of(const Value* v) const;
+  std::vector<int64_t> ints_of(const Value* v) const;
+  IntTag tag(const Value* v) const;
+  const ParamView* param_view(const Value* v) const;
   // The schema's argument by name (nullptr when the op has no such argument).
-  virtual Value* arg(Node* n, const char* name) const = 0;
-  virtual int arg_index(Node* n, const char* name) const = 0;
-  virtual std::string describe(const Value* v) const = 0;
+  Value* arg(Node* n, const char* name) const;
+  int arg_index(Node* n, const char* name) const;
+  std::string describe(const Value* v) const;
 
   // Answers.
-  virtual void set(const Value* v, TensorPlacement p) = 0;
-  virtual void set_elements(const Value* v, std::vector<TensorPlacement> p) = 0;
-  virtual void set_tag(const Value* v, IntTag t) = 0;
-  virtual void set_element_tags(const Value* v, std::vector<IntTag> t) = 0;  // an int list made by an op
-  virtual void set_param_view(const Value* v, ParamView pv) = 0;
-  virtual void exempt(Node* n, size_t input) = 0;  // this operand gets no copy_to_tp (see above)
-  virtual void reads(Node* n) = 0;                 // parameters read in full by n's operands
-  [[noreturn]] virtual void fail(const Node* n, const std::string& what) const = 0;
+  void set(const Value* v, TensorPlacement p) { place_[v] = std::move(p); }
+  void set_elements(const Value* v, std::vector<TensorPlacement> p) { elem_place_[v] = std::move(p); }
+  void set_tag(const Value* v, IntTag t) { tag_[v] = std::move(t); }
+  void set_element_tags(const Value* v, std::vector<IntTag> t) { elem_tags_[v] = std::move(t); }  // x.shape
+  void set_param_view(const Value* v, ParamView pv) { view_[v] = std::move(pv); }
+  void exempt(Node* n, size_t input) { exempt_.insert({n, input}); }  // this operand gets no copy_to_tp
+  void reads(Node* n);                                                  // parameters read in full by n
+  [[noreturn]] void fail(const Node* n, const std::string& what) const;
   [[noreturn]] virtual void need_full(const Node* n, const std::set<int>& origins, const std::string& why) = 0;
   // The size list at input `list_input` of n, whose output is split at position split_pos.
-  virtual void check_size_list(Node* n, size_t list_input, int split_pos, const std::set<int>& origins) = 0;
+  void check_size_list(Node* n, size_t list_input, int split_pos, const std::set<int>& origins);
   // An int on the split dim (a slice bound, a split size; list_index -1 for the input itself, else
   // an entry of the list there): static ones are replaced by value/tp, run-time ones divided by tp.
-  virtual void rescale_int(Node* n, size_t input, int64_t list_index, const std::set<int>& origins) = 0;
-  virtual ShardingStructure& structure() = 0;
+  void rescale_int(Node* n, size_t input, int64_t list_index, const std::set<int>& origins);
+  ShardingStructure& structure() { return s_; }
   // Why linear n was sent back to replicated by an earlier round, or nullptr.
   virtual const std::string* forced_reason(Node* n) const = 0;
+  // A tuple/list element: the element's state (prim::TupleIndex, aten::__getitem__).
+  void index_into(Node* n);
+
+ protected:
+  std::string at(const Node* n) const;  // "aten::mul at file.py:12 (module)"
+  // `to` takes `from`'s state, or one element's placement / size tag.
+  void copy_state(const Value* from, const Value* to, const TensorPlacement* elem, const IntTag* elem_tag = nullptr);
+  const std::vector<IntTag>* element_tags(const Value* v) const;
+  bool is_exempt(Node* n, size_t input) const { return exempt_.count({n, input}) > 0; }
+
+  const ModelGraph& mg_;
+  const ProbeValues& values_;
+  ShardingStructure s_;
+
+ private:
+  void note_read(const Value* v, Node* reader);
+
+  std::unordered_map<const Value*, TensorPlacement> place_;
+  std::unordered_map<const Value*, std::vector<TensorPlacement>> elem_place_;  // lists made by ops (chunk, split)
+  std::unordered_map<const Value*, std::vector<Value*>> items_;          // lists/tuples built in the graph
+  std::unordered_map<const Value*, IntTag> tag_;
+  std::unordered_map<const Value*, std::vector<IntTag>> elem_tags_;      // int lists made by ops (x.shape)
+  std::unordered_map<const Value*, ParamView> view_;
+  std::set<std::pair<Node*, size_t>> exempt_;
+
+ protected:
+  void set_items(const Value* v, std::vector<Value*> items) { items_[v] = std::move(items); }
 };
 
 using Rule = void (*)(RuleContext&, torch::jit::Node*);
@@ -110,7 +142,6 @@ void register_math_rules(RuleTable& t);     // rules_math.cpp
 void register_param_rules(RuleTable& t);    // rules_param.cpp
 
 // Shared by rules of different families.
-void index_container(RuleContext& ctx, torch::jit::Node* n);   // a tuple/list element (propagate.cpp)
 bool matmul_with_parameter(RuleContext& ctx, torch::jit::Node* n);  // x @ W, x @ W.t() (rules_param.cpp)
 // The split dim of `p` (extent `extent`) cut at `bounds` (each in [0, extent]): a fused projection
 // when it is the output features of column linears; records the cuts on them (rules_param.cpp).

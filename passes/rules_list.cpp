@@ -147,7 +147,7 @@ void register_list_rules(RuleTable& t) {
   add_rule(t, "aten::split_with_sizes", split_like_rule);
   add_rule(t, "aten::unbind.int", split_like_rule);
   add_rule(t, "aten::broadcast_tensors", broadcast_tensors_rule);
-  add_rule(t, "aten::__getitem__.t", index_container);
+  add_rule(t, "aten::__getitem__.t", [](RuleContext& c, Node* n) { c.index_into(n); });
   add_rule(t, "aten::size", size_rule);  // size(x) -> int[] and size.int(x, dim) -> int
   add_rule(t, "aten::sym_size.int", size_rule);
   for (const char* k : {"prim::dtype", "prim::device", "prim::layout", "aten::dim", "prim::requires_grad",

@@ -65,7 +65,7 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   std::optional<SchedulerConfig> scheduler;  // none: constant optimizer.lr
   bool bf16 = false;           // bf16.enabled; false = fp32
-  int zero_stage = 0;          // zero_optimization.stage: 0, 1 or 2
+  int zero_stage = 0;          // zero_optimization.stage: 0 or 1 (2 and 3 are refused)
   double gradient_clipping = 1.0;  // max global grad norm; 0 = off (DeepSpeed's default is 1.0 since 0.19.3)
   int64_t steps_per_print = 10;
   int64_t seed = 42;           // autotp's key; DeepSpeed ignores unknown top-level keys

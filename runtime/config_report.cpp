@@ -106,9 +106,8 @@ std::string describe_zero(const TrainConfig& c) {
   const std::string over = c.dp > 0 ? "dp " + std::to_string(c.dp) : "the dp group";
   switch (c.zero_stage) {
     case 0: return "stage 0: optimizer state replicated on every rank; gradients all-reduced over " + over;
-    case 1: return "stage 1: fp32 master weights and Adam moments partitioned over " + over +
-                   "; gradients reduced once per optimizer step, updated weights all-gathered";
-    default: return "stage 2: fp32 master weights, Adam moments and gradients partitioned over " + over;
+    default: return "stage 1: fp32 master weights and Adam moments partitioned over " + over +
+                    "; gradients reduced once per optimizer step, updated weights all-gathered";
   }
 }
 

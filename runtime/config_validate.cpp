@@ -58,10 +58,15 @@ void resolve_precision(Ctx& ctx, const Json& root) {
 void resolve_zero(Ctx& ctx) {
   if (!ctx.raw.stage) return;
   ctx.cfg.zero_stage = static_cast<int>(*ctx.raw.stage);
-  if (ctx.cfg.zero_stage != 3) return;
-  if (ctx.cfg.tp > 1) {
+  if (ctx.cfg.zero_stage < 2) return;
+  if (ctx.cfg.zero_stage == 2) {
+    // ZeroOneOptimizer's own refusal (zero_optimizer.cpp), so `autotp check` fails a config exactly
+    // where and as `autotp train` would.
+    ctx.add("zero_optimization.stage", "2: autotp runs stage 0 (no partitioning) or 1 (optimizer state partitioned "
+                                       "over data-parallel ranks); write 1");
+  } else if (ctx.cfg.tp > 1) {
     ctx.add("zero_optimization.stage", "ZeRO-3 partitions and re-gathers every parameter, and AutoTP has already "
-                                       "split them across the TP group; autotp runs ZeRO stage 0-2 with tensor "
+                                       "split them across the TP group; autotp runs ZeRO stage 0 or 1 with tensor "
                                        "parallelism: use stage 1");
   } else {
     ctx.add("zero_optimization.stage", "autotp does not run ZeRO-3; use stage 1 (ZeRO-3 needs DeepSpeed itself)");

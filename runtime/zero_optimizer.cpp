@@ -69,7 +69,9 @@ StepStats ZeroOneOptimizer::step(double lr) {
     dp_->all_reduce(all, c10d::ReduceOp::SUM, "zero0.all_reduce_grads");
     grad = all;
   }
+#if AUTOTP_MUTANT != 4  // mutant (make mutants): the sum over DP is not divided into a mean
   grad.div_(dp_size);
+#endif
 
   // 2. global norm: each element once over TP x DP
   at::Tensor sq = (grad.to(at::kDouble).square() * norm_weight_.to(at::kDouble)).sum().reshape({1});
@@ -90,6 +92,9 @@ StepStats ZeroOneOptimizer::step(double lr) {
   if (opt_.weight_decay != 0) {
     if (opt_.decoupled)
       master_.mul_(1 - lr * opt_.weight_decay);
+#if AUTOTP_MUTANT == 5  // mutant (make mutants): decoupled weight decay applied twice
+    if (opt_.decoupled) master_.mul_(1 - lr * opt_.weight_decay);
+#endif
     else
       grad = grad.add(master_, opt_.weight_decay);
   }

@@ -1,11 +1,14 @@
 // Distributed training against a single-process reference. `autotp train` runs under torchrun
 // (real processes, gloo, torchrun's TCPStore) for (tp, dp) in (1,1) (2,1) (1,2) (2,2) (4,1); the
 // reference is the original TorchScript module trained in this process with LibTorch's own
-// torch::optim::AdamW and torch::nn::utils::clip_grad_norm_, the same schedule, on the same global
-// batches. Asserted: the loss of every one of 20 steps within 1e-4 relative, the per-rank optimizer
-// state exactly 12·ceil(Ψ_rank/dp) bytes, and the exact data-parallel bytes of every step. The
-// self-checks: the sharded-vs-unsharded check before step 1 (verify_rank on deliberately broken rank
-// modules, ranks as threads) and the replica checksum (check_tp_replicas on replicas that differ).
+// torch::optim::AdamW and torch::nn::utils::clip_grad_norm_, DeepSpeed's own scheduler's learning
+// rates (tests/deepspeed/lr_schedule.py), on the same global batches read from the token file's
+// bytes by the documented layout: no autotp code (TokenData, lr_for_update) in the reference.
+// Asserted: the loss of every one of 20 steps within 1e-4 relative, the learning rate of every step
+// DeepSpeed's, the per-rank optimizer state exactly 12·ceil(Ψ_rank/dp) bytes, and the exact
+// data-parallel bytes of every step. The self-checks: the sharded-vs-unsharded check before step 1
+// (verify_rank on deliberately broken rank modules, ranks as threads) and the replica checksum
+// (check_tp_replicas on replicas that differ).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,9 +16,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -108,15 +114,73 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
   return rows;
 }
 
+// The token file's ids, decoded here from its bytes (ATPTOKS1, u32 width, u32 0, u64 count, u64
+// vocab, then little-endian ids; runtime/token_data.h) and not through TokenData, so a reader bug
+// cannot hide in the reference.
+std::vector<int64_t> read_token_ids(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto little_endian = [&](size_t at, size_t width) {
+    uint64_t v = 0;
+    for (size_t b = width; b-- > 0;) v = v << 8 | bytes.at(at + b);
+    return v;
+  };
+  // A malformed file throws: gtest fails the test with the message, and nothing reads past the end.
+  if (bytes.size() < 32 || std::string(bytes.begin(), bytes.begin() + 8) != "ATPTOKS1")
+    throw std::runtime_error(path + ": no ATPTOKS1 header");
+  const size_t width = little_endian(8, 4), n = little_endian(16, 8);
+  if ((width != 2 && width != 4) || bytes.size() != 32 + n * width)
+    throw std::runtime_error(path + ": " + std::to_string(bytes.size()) + " bytes do not hold " + std::to_string(n) +
+                             " ids of " + std::to_string(width) + " bytes");
+  std::vector<int64_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int64_t>(little_endian(32 + i * width, width));
+  return ids;
+}
+
+// The micro-batch [kMicro, kSeq + 1] of DP rank j, accumulation step k of step t, as README's "Data"
+// defines it: global samples ((t·GA + k)·dp + j)·micro + i, sample s being ids [s·S, s·S + S + 1)
+// and the (N - 1) / S whole samples wrapping around.
+at::Tensor micro_batch(const std::vector<int64_t>& ids, int64_t t, int64_t k, int64_t j, int64_t dp) {
+  const int64_t whole = (static_cast<int64_t>(ids.size()) - 1) / kSeq;
+  at::Tensor out = at::empty({kMicro, kSeq + 1}, at::kLong);
+  for (int64_t i = 0; i < kMicro; ++i) {
+    const int64_t sample = (((t * kAccum + k) * dp + j) * kMicro + i) % whole;
+    for (int64_t p = 0; p <= kSeq; ++p) out[i][p] = ids[sample * kSeq + p];
+  }
+  return out;
+}
+
+// DeepSpeed's own learning rate for steps 1..steps of each config file (argument CONFIG or
+// CONFIG:DP), from tests/deepspeed/lr_schedule.py: its WarmupLR / WarmupDecayLR / WarmupCosineLR
+// stepped after each optimizer step as DeepSpeedEngine steps them. Not autotp's lr_for_update.
+std::map<std::string, std::vector<double>> deepspeed_lrs(const std::vector<std::string>& configs, int64_t steps) {
+  std::string command = std::string(AUTOTP_VENV_BIN) + "/python " + AUTOTP_SOURCE_DIR + "/tests/deepspeed/lr_schedule.py " +
+                        std::to_string(steps);
+  for (const auto& c : configs) command += " " + c;
+  auto r = run_command(command);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  // The JSON is the last line: DeepSpeed's logger prints its warnings on stdout too.
+  std::string last = r.out.substr(0, r.out.find_last_not_of('\n') + 1);
+  last = last.substr(last.find_last_of('\n') + 1);
+  return nlohmann::json::parse(last).get<std::map<std::string, std::vector<double>>>();
+}
+
 struct Reference {
-  std::vector<double> loss, grad_norm;  // per step; the norm before clipping
+  std::vector<double> loss, grad_norm, lr;  // per step; the norm before clipping
+  std::map<std::string, at::Tensor> weights;  // every parameter after the last step, by name
 };
 
-// The single-process reference: every step trains on all dp × accumulation micro-batches at once.
+// The single-process reference: every step trains on all dp × accumulation micro-batches at once,
+// read from the token file's bytes with DeepSpeed's learning rates (neither through autotp's code).
 Reference reference_run(const Workspace& w, int dp, const std::string& model = kModel, const std::string& text = config_text(1)) {
   autotp::ConfigOverrides o;
   o.world_size = dp;  // tp 1 in the reference; dp only sets which samples form a global batch
   autotp::TrainConfig cfg = autotp::parse_config_text(text, "reference", o);
+  const std::string config_path = w.dir + "/reference.json";
+  std::ofstream(config_path) << text;
+  const std::string ds_case = config_path + ":" + std::to_string(dp);
+  const std::vector<double> lrs = deepspeed_lrs({ds_case}, kSteps)[ds_case];
+  EXPECT_EQ(static_cast<int64_t>(lrs.size()), kSteps);
   auto module = autotp::load_model(fixture(model));
   module.train();
   std::vector<at::Tensor> params;
@@ -135,17 +199,18 @@ Reference reference_run(const Workspace& w, int dp, const std::string& model = k
                                                              .betas({cfg.optimizer.beta1, cfg.optimizer.beta2})
                                                              .eps(cfg.optimizer.eps)
                                                              .weight_decay(cfg.optimizer.weight_decay));
-  autotp::TokenData data(w.data);
+  const std::vector<int64_t> ids = read_token_ids(w.data);
   Reference ref;
+  ref.lr = lrs;
   for (int64_t step = 0; step < kSteps; ++step) {
-    for (auto& g : adamw->param_groups()) g.options().set_lr(autotp::lr_for_update(cfg, step));
+    for (auto& g : adamw->param_groups()) g.options().set_lr(lrs.at(step));
     adamw->zero_grad();
     at::Tensor total = at::zeros({}, at::kFloat);
     for (int64_t j = 0; j < dp; ++j) {
       for (int64_t k = 0; k < kAccum; ++k) {
-        at::Tensor ids = data.batch(step, k, kAccum, j, dp, kMicro, kSeq);
-        at::Tensor logits = autotp::logits_of(module.forward({ids.narrow(1, 0, kSeq)}));
-        total = total + at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), ids.narrow(1, 1, kSeq).reshape({-1}));
+        at::Tensor batch = micro_batch(ids, step, k, j, dp);
+        at::Tensor logits = autotp::logits_of(module.forward({batch.narrow(1, 0, kSeq)}));
+        total = total + at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), batch.narrow(1, 1, kSeq).reshape({-1}));
       }
     }
     total = total / static_cast<double>(dp * kAccum);
@@ -154,7 +219,46 @@ Reference reference_run(const Workspace& w, int dp, const std::string& model = k
     adamw->step();
     ref.loss.push_back(total.item<double>());
   }
+  for (const auto& p : module.named_parameters(true)) ref.weights[p.name] = p.value.detach().clone();
   return ref;
+}
+
+// lr_for_update, the trainer's learning rate for update n (0-based), is DeepSpeed's own scheduler's
+// for step n + 1 (tests/deepspeed/lr_schedule.py), for every schedule, log and linear warm-up, the
+// warm-up of 1 that DeepSpeed raises to 2, DeepSpeed's defaults, and steps past total_num_steps.
+TEST(TrainSchedule, LrForUpdateIsDeepSpeedsForEverySchedule) {
+  const std::vector<std::string> schedulers = {
+      "",  // none: optimizer.params.lr throughout
+      R"({"type": "WarmupLR", "params": {"warmup_min_lr": 1e-4, "warmup_max_lr": 3e-3, "warmup_num_steps": 5,
+                                          "warmup_type": "linear"}})",
+      R"({"type": "WarmupLR", "params": {"warmup_num_steps": 8}})",
+      R"({"type": "WarmupLR", "params": {"warmup_min_lr": 1e-4, "warmup_num_steps": 1, "warmup_type": "linear"}})",
+      R"({"type": "WarmupDecayLR", "params": {"total_num_steps": 20, "warmup_min_lr": 1e-5, "warmup_num_steps": 6}})",
+      R"({"type": "WarmupDecayLR", "params": {"total_num_steps": 12, "warmup_max_lr": 2e-3, "warmup_num_steps": 4,
+                                               "warmup_type": "linear"}})",
+      R"({"type": "WarmupCosineLR", "params": {"total_num_steps": 20, "warmup_num_steps": 5, "warmup_min_ratio": 0.1,
+                                                "warmup_type": "linear"}})",
+      R"({"type": "WarmupCosineLR", "params": {"total_num_steps": 14, "warmup_num_steps": 4, "cos_min_ratio": 0.05}})"};
+  const int64_t steps = 24;
+  const std::string dir = testing::TempDir() + "autotp_schedules_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < schedulers.size(); ++i) {
+    paths.push_back(dir + "/s" + std::to_string(i) + ".json");
+    std::ofstream(paths.back()) << R"({"train_micro_batch_size_per_gpu": 1,
+                                      "optimizer": {"type": "AdamW", "params": {"lr": 2e-3}})"
+                                << (schedulers[i].empty() ? "" : ", \"scheduler\": " + schedulers[i]) << "}";
+  }
+  auto theirs = deepspeed_lrs(paths, steps);
+  for (size_t i = 0; i < paths.size(); ++i) {
+    SCOPED_TRACE(schedulers[i]);
+    const autotp::TrainConfig cfg = autotp::load_config(paths[i]);
+    const std::vector<double>& want = theirs[paths[i]];
+    ASSERT_EQ(static_cast<int64_t>(want.size()), steps);
+    for (int64_t n = 0; n < steps; ++n)
+      EXPECT_NEAR(autotp::lr_for_update(cfg, n), want[n], 1e-12 * want[n]) << "optimizer step " << n + 1;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 struct Mesh2 {
@@ -183,6 +287,8 @@ TEST_P(TrainMatchesReference, LossEveryStepStateBytesAndDpTraffic) {
     // The global gradient norm over TP x DP (replicated parameters once) is the single process's.
     const double norm = rows[s].at("grad_norm");
     EXPECT_LE(std::abs(norm - ref.grad_norm[s]) / ref.grad_norm[s], 1e-4) << "step " << s + 1;
+    // The learning rate the trainer used is DeepSpeed's for the same step (rounding apart).
+    EXPECT_NEAR(rows[s].at("lr").get<double>(), ref.lr[s], 1e-12 * ref.lr[s]) << "step " << s + 1;
   }
   EXPECT_GT(ref.grad_norm.front(), 1.0) << "clipping must bite at least once";
   EXPECT_LT(ref.loss.back(), ref.loss.front() - 0.5) << "the reference itself must learn";
@@ -364,23 +470,44 @@ TEST(Train, Bf16WeightsWithFp32Masters) {
 
 // A checkpoint written by --out loads again and holds the trained weights (a trained weight differs
 // from the untrained rank module's, same shape).
-TEST(Train, CheckpointLoadsWithTrainedWeights) {
+// The rank archives `--out` writes hold the trained weights: re-assembled from the two shards (by the
+// plan, segments and all), every parameter equals the single-process reference after the same 20
+// steps within 1e-4 relative — and training moved it, so an untrained or garbage archive fails.
+// (Bit for bit would need the same summation order: TP's partial sums reorder fp32 additions.)
+TEST(Train, CheckpointHoldsTheTrainedWeights) {
   Workspace w = workspace(2, 1);
-  auto r = torchrun_train(2, "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data +
-                                " --steps 3 --seq 16 --out " + w.dir + "/ckpt");
+  auto r = torchrun_train(2, "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --steps " +
+                                 std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --out " + w.dir + "/ckpt");
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_NE(r.out.find("step 3/3"), std::string::npos) << r.out;
-  auto trained = autotp::load_model(w.dir + "/ckpt/rank1.pt");
-  EXPECT_EQ(autotp::rewrite_info(trained).tp, 2);
-  EXPECT_EQ(autotp::rewrite_info(trained).tp_rank, 1);
+  EXPECT_NE(r.out.find("step 20/20"), std::string::npos) << r.out;
+  std::vector<torch::jit::Module> ranks{autotp::load_model(w.dir + "/ckpt/rank0.pt"), autotp::load_model(w.dir + "/ckpt/rank1.pt")};
+  EXPECT_EQ(autotp::rewrite_info(ranks[1]).tp, 2);
+  EXPECT_EQ(autotp::rewrite_info(ranks[1]).tp_rank, 1);
+  Reference ref = reference_run(w, 1);
   auto original = autotp::load_model(fixture(kModel));
-  auto untrained = autotp::rewrite(original, autotp::plan_model(original, 2, kModel), 1);
-  auto a = untrained.attr("model").toModule().attr("layers").toModule().attr("0").toModule().attr("mlp").toModule()
-               .attr("up_proj").toModule().attr("weight").toTensor();
-  auto b = trained.attr("model").toModule().attr("layers").toModule().attr("0").toModule().attr("mlp").toModule()
-               .attr("up_proj").toModule().attr("weight").toTensor();
-  EXPECT_EQ(a.sizes(), b.sizes());
-  EXPECT_FALSE(at::equal(a, b));
+  const autotp::TpPlan plan = autotp::plan_model(original, 2, kModel);
+  std::map<std::string, at::Tensor> untrained;
+  for (const auto& p : original.named_parameters(true)) untrained[p.name] = p.value.detach();
+  double worst = 0;
+  int compared = 0;
+  for (const auto& pp : plan.parameters) {
+    std::vector<at::Tensor> parts;
+    for (auto& m : ranks)
+      for (const auto& q : m.named_parameters(true))
+        if (q.name == pp.name) parts.push_back(q.value.detach());
+    ASSERT_EQ(parts.size(), 2u) << pp.name;
+    const at::Tensor saved = autotp::assemble(parts, pp), want = ref.weights.at(pp.name);
+    ASSERT_EQ(saved.sizes(), want.sizes()) << pp.name;
+    const double scale = want.abs().max().item<double>();
+    const double err = (saved - want).abs().max().item<double>() / scale;
+    const double moved = (want - untrained.at(pp.name)).abs().max().item<double>() / scale;
+    EXPECT_LE(err, 1e-4) << pp.name;
+    EXPECT_GT(moved, 100 * std::max(err, 1e-7)) << pp.name << ": training must move it far more than the error";
+    worst = std::max(worst, err);
+    ++compared;
+  }
+  EXPECT_EQ(compared, static_cast<int>(ref.weights.size()));
+  std::cout << "checkpoint vs reference after " << kSteps << " steps: max relative weight difference " << worst << "\n";
   std::filesystem::remove_all(w.dir);
 }
 
