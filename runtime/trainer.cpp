@@ -137,13 +137,23 @@ void check_sharding(torch::jit::Module& original, const TpPlan& plan, torch::jit
   } catch (const std::exception& e) {
     throw Error("train: the sharded model fails on the check batch " + shape_text(shape) + " (" + user_message(e) + "); " + rerun);
   }
-  if (!rep.ok())
-    throw Error("train: the sharded model disagrees with the unsharded one on a check batch: " + rep.failure() +
-                " (tolerance " + sci(rep.tolerance, 0) + "); " + rerun);
+  // This check is for wrong sharding, which moves values by 10% to 100% (an unreduced partial
+  // gradient: 0.5-1.3; a dropped bias or size: the logits), not for fp32 reordering: TP's partial
+  // sums move a 30-layer pretrained model's gradients by up to ~1e-3 on random tokens (SmolLM2 at
+  // tp=3, README "Tolerances"). So it allows 1e-4 on logits and loss and 1e-2 on gradients, where
+  // `autotp verify` holds everything to 1e-5, and says when gradients differ by more than that.
+  constexpr double kLogitsLoss = 1e-4, kGrads = 1e-2;
+  std::string wrong;
+  if (rep.grads_rel > kGrads) wrong = "gradient of " + rep.worst_grad + " off by " + sci(rep.grads_rel, 2) + " (tolerance 1e-02)";
+  else if (rep.logits_rel > kLogitsLoss) wrong = "logits off by " + sci(rep.logits_rel, 2) + " (tolerance 1e-04)";
+  else if (rep.loss_rel > kLogitsLoss) wrong = "loss off by " + sci(rep.loss_rel, 2) + " (tolerance 1e-04)";
+  if (!wrong.empty())
+    throw Error("train: the sharded model disagrees with the unsharded one on a check batch: " + wrong + "; " + rerun);
   if (chatty)
     std::cout << "check: sharded vs unsharded on " << shape_text(shape) << ": logits " << sci(rep.logits_rel, 1) << ", loss "
-              << sci(rep.loss_rel, 1) << ", grads " << sci(rep.grads_rel, 1) << " (" << rep.grads_compared
-              << " parameters) ok\n";
+              << sci(rep.loss_rel, 1) << ", grads " << sci(rep.grads_rel, 1) << " (" << rep.grads_compared << " parameters) ok"
+              << (rep.grads_rel > rep.tolerance ? " (gradients beyond verify's 1e-5: fp32 reordering of TP's partial sums)" : "")
+              << "\n";
 }
 
 // Two float64 checksums of a tensor: its sum, and the sum of |x| weighted by position (cyclic

@@ -383,6 +383,16 @@ TEST(Train, PaddedVocabularyTrainsLikeOneProcess) {
   }
 }
 
+// The main job's model (SmolLM2-135M, real pretrained weights, 30 layers) at tp=3 passes the check
+// before step 1: its fp32 reordering noise (gradients ~1e-3 off on random tokens) is not a fault.
+TEST(Train, PretrainedSmolLM2PassesTheCheckAndTrains) {
+  auto r = torchrun_train(3, std::string("--config ") + AUTOTP_SOURCE_DIR + "/configs/smollm2_tp3.json --model " +
+                                 fixture("smollm2") + " --data " + AUTOTP_FIXTURES_DIR + "/../data/demo.tokens --steps 1 --seq 16");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("check: sharded vs unsharded on [1, 16]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("step 1/1"), std::string::npos) << r.out;
+}
+
 // Every architecture of the zoo and the foreign styles trains 5 steps at tp=2 (with the check
 // before step 1 and the replica checksum at step 5) and ends with every replicated parameter
 // bitwise the same on both TP ranks.
