@@ -154,6 +154,12 @@ std::string graph_fingerprint(const torch::jit::Graph& graph) {
   return buf;
 }
 
+std::string join_shape(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
 std::string source_of(const Node* node) {
   auto range = node->sourceRange();
   if (auto generated = range.findSourceRangeThatGenerated()) range = *generated;

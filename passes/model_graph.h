@@ -48,6 +48,9 @@ std::vector<torch::jit::Node*> numbered_nodes(const torch::jit::Graph& graph);
 // A digest of the graph's structure (node kinds and how values connect), to match a plan to it.
 std::string graph_fingerprint(const torch::jit::Graph& graph);
 
+// "[2, 8, 64]": a shape as the messages of passes/ print it.
+std::string join_shape(const std::vector<int64_t>& shape);
+
 // "file.py:123" as the graph records it, or "<unknown>".
 std::string source_of(const torch::jit::Node* node);
 // The module the node came from ("model.layers.0.self_attn"), from the trace scope or the inlined

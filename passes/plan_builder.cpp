@@ -34,13 +34,6 @@ std::string dtype_name(const at::Tensor& t) {
   }
 }
 
-std::string join_shape(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << "]";
-  return o.str();
-}
 
 // A fused projection's segment lengths (empty: not cut).
 std::vector<int64_t> segments_of(const ShardingStructure::Linear& l) {

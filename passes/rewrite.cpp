@@ -226,11 +226,6 @@ void install_forward(torch::jit::Module& module, Graph& edited) {
   fn.clear_optimized_graphs();
 }
 
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 // The plan must be this model's: same flat graph, same parameters and shapes.
 void check_plan_fits(const TpPlan& plan, const ModelGraph& mg) {
@@ -247,10 +242,10 @@ void check_plan_fits(const TpPlan& plan, const ModelGraph& mg) {
     if (it == mine_by_name.end())
       throw Error(plan.model + ": the plan names parameter " + p.name + ", which this module does not have; make the plan from this model");
     if (it->second->tensor.sizes().vec() != p.shape)
-      throw Error(plan.model + ": the plan has " + p.name + " of shape " + shape_text(p.shape) + " but this module's is " +
-                  shape_text(it->second->tensor.sizes().vec()) + "; make the plan from this model");
+      throw Error(plan.model + ": the plan has " + p.name + " of shape " + join_shape(p.shape) + " but this module's is " +
+                  join_shape(it->second->tensor.sizes().vec()) + "; make the plan from this model");
     if (p.split_dim >= 0 && (p.padded ? p.padded : p.shape.at(static_cast<size_t>(p.split_dim))) % plan.tp != 0)
-      throw Error(plan.model + ": the plan splits " + p.name + " on dim " + std::to_string(p.split_dim) + " of " + shape_text(p.shape) +
+      throw Error(plan.model + ": the plan splits " + p.name + " on dim " + std::to_string(p.split_dim) + " of " + join_shape(p.shape) +
                   ", which tp=" + std::to_string(plan.tp) + " does not divide");
   }
 }

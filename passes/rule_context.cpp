@@ -1,6 +1,5 @@
 // The state every rule reads and writes (see rules.h): placements, list elements, size tags and
 // parameter views per value, and the answers that only touch that state.
-#include <sstream>
 
 #include "autotp/error.h"
 #include "passes/rules.h"
@@ -18,13 +17,6 @@ std::set<int> merged(const std::vector<TensorPlacement>& ps) {
   return o;
 }
 
-std::string join_shape(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << "]";
-  return o.str();
-}
 
 TensorPlacement RuleContext::placement(const Value* v) const {
   auto it = place_.find(v);

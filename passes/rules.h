@@ -151,6 +151,5 @@ void pass_through(RuleContext& ctx, torch::jit::Node* n);     // output placed a
 
 int norm_dim(int64_t d, int64_t rank);
 std::set<int> merged(const std::vector<TensorPlacement>& ps);
-std::string join_shape(const std::vector<int64_t>& s);
 
 }  // namespace autotp

@@ -29,6 +29,7 @@
 #include "autotp/mesh.h"
 #include "autotp/passes.h"
 #include "fixtures.h"
+#include "ranks.h"
 #include "runtime/tp_ops.h"
 
 using autotp_test::fixture;
@@ -120,26 +121,10 @@ void expect_within(const Errors& e, const std::string& what) {
   testing::Test::RecordProperty(what + "_grads", sci(e.grads) + " " + e.worst);
 }
 
-// Runs fn(rank) on `tp` threads, each with its own gloo mesh (tp ranks, dp 1) installed.
+// Runs fn(rank) on `tp` threads, each with its own gloo mesh (tp ranks, dp 1); no rank may fail.
 template <typename Fn>
 void on_ranks(int tp, Fn fn) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::thread> threads;
-  std::vector<std::string> errors(tp);
-  for (int r = 0; r < tp; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        autotp::MeshOptions o;
-        o.tp = tp;
-        o.timeout = std::chrono::seconds(60);
-        auto mesh = autotp::Mesh::create(store, r, tp, o);
-        autotp::MeshScope scope(mesh);
-        fn(r);
-      } catch (const std::exception& e) {
-        errors[r] = autotp::user_message(e);
-      }
-    });
-  for (auto& t : threads) t.join();
+  auto errors = autotp_test::run_ranks(tp, tp, [&](int r, autotp::Mesh&) { fn(r); });
   for (int r = 0; r < tp; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
 }
 

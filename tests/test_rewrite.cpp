@@ -15,6 +15,7 @@
 #include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "fixtures.h"
+#include "ranks.h"
 #include "runtime/tp_ops.h"
 
 namespace autotp {
@@ -27,26 +28,10 @@ using autotp_test::fixture;
 
 namespace {
 
-// Runs fn(rank, mesh) on `world` threads, each with its own mesh (tp = world) installed.
+// Runs fn(rank, mesh) on `world` threads, each with its own mesh (tp = world) installed; no rank may fail.
 template <typename Fn>
 void on_ranks(int world, int tp, Fn fn) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::thread> threads;
-  std::vector<std::string> errors(world);
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        autotp::MeshOptions o;
-        o.tp = tp;
-        o.timeout = std::chrono::seconds(60);
-        auto mesh = autotp::Mesh::create(store, r, world, o);
-        autotp::MeshScope scope(mesh);
-        fn(r, *mesh);
-      } catch (const std::exception& e) {
-        errors[r] = autotp::user_message(e);
-      }
-    });
-  for (auto& t : threads) t.join();
+  auto errors = autotp_test::run_ranks(world, tp, fn);
   for (int r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
 }
 

@@ -36,6 +36,7 @@
 #include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "fixtures.h"
+#include "ranks.h"
 #include "runtime/config.h"
 #include "runtime/token_data.h"
 #include "runtime/trainer.h"
@@ -261,6 +262,18 @@ TEST(TrainSchedule, LrForUpdateIsDeepSpeedsForEverySchedule) {
   std::filesystem::remove_all(dir);
 }
 
+// The largest relative difference between the metrics' loss and the reference's, every step
+// (each step above 1e-4 is reported on its own).
+double worst_loss_difference(const std::vector<nlohmann::json>& rows, const Reference& ref) {
+  double worst = 0;
+  for (int64_t s = 0; s < kSteps; ++s) {
+    const double got = rows[s].at("loss"), want = ref.loss[s], d = std::abs(got - want) / std::abs(want);
+    EXPECT_LE(d, 1e-4) << "step " << s + 1 << ": " << got << " vs " << want;
+    worst = std::max(worst, d);
+  }
+  return worst;
+}
+
 struct Mesh2 {
   int tp, dp;
 };
@@ -330,10 +343,7 @@ TEST(Train, Qwen3NormWeightsTrainLikeOneProcessAndStayIdenticalAcrossTp) {
     auto rows = read_metrics(metrics);
     ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
     Reference ref = reference_run(w, 1, "qwen3");
-    for (int64_t s = 0; s < kSteps; ++s) {
-      const double got = rows[s].at("loss"), want = ref.loss[s];
-      EXPECT_LE(std::abs(got - want) / std::abs(want), 1e-4) << "step " << s + 1 << ": " << got << " vs " << want;
-    }
+    EXPECT_LE(worst_loss_difference(rows, ref), 1e-4);
     EXPECT_LT(ref.loss.back(), ref.loss.front() - 0.5) << "the reference itself must learn";
     std::vector<torch::jit::Module> ranks;
     for (int k = 0; k < tp; ++k) ranks.push_back(autotp::load_model(w.dir + "/out/rank" + std::to_string(k) + ".pt"));
@@ -368,10 +378,7 @@ TEST(Train, PaddedVocabularyTrainsLikeOneProcess) {
     auto rows = read_metrics(metrics);
     ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
     Reference ref = reference_run(w, 1, "llama_vocab251");
-    for (int64_t s = 0; s < kSteps; ++s) {
-      const double got = rows[s].at("loss"), want = ref.loss[s];
-      EXPECT_LE(std::abs(got - want) / std::abs(want), 1e-4) << "step " << s + 1 << ": " << got << " vs " << want;
-    }
+    EXPECT_LE(worst_loss_difference(rows, ref), 1e-4);
     auto last = autotp::load_model(w.dir + "/out/rank" + std::to_string(tp - 1) + ".pt");
     for (const auto& p : last.named_parameters(true))
       if (p.name == "model.embed_tokens.weight") {
@@ -566,29 +573,8 @@ TEST(Train, BadInputsAreOneLine) {
   std::filesystem::remove_all(w.dir);
 }
 
-// Runs fn(rank, mesh) on `world` threads, each with its own mesh of tensor-parallel size `tp`
-// installed; returns each rank's error line, "" where fn returned.
-template <typename Fn>
-std::vector<std::string> on_ranks(int world, int tp, Fn fn) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::string> errors(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        autotp::MeshOptions o;
-        o.tp = tp;
-        o.timeout = std::chrono::seconds(60);
-        auto mesh = autotp::Mesh::create(store, r, world, o);
-        autotp::MeshScope scope(mesh);
-        fn(r, *mesh);
-      } catch (const std::exception& e) {
-        errors[r] = autotp::user_message(e);
-      }
-    });
-  for (auto& t : threads) t.join();
-  return errors;
-}
+// Ranks as threads (tests/ranks.h).
+using autotp_test::run_ranks;
 
 // The parameter `name` of a module (its tensor, shared with the module).
 at::Tensor parameter(const torch::jit::Module& m, const std::string& name) {
@@ -605,7 +591,7 @@ TEST(TrainCheck, VerifyRankNamesAGradientThatIsMissingOnOneRank) {
   const std::string name = "model.layers.0.input_layernorm.weight";
   const autotp::TpPlan plan = autotp::plan_model(autotp::load_model(fixture(kModel)), 2, kModel);
   std::vector<autotp::VerifyReport> reps(2);
-  auto errors = on_ranks(2, 2, [&](int r, autotp::Mesh& mesh) {
+  auto errors = run_ranks(2, 2, [&](int r, autotp::Mesh& mesh) {
     auto original = autotp::load_model(fixture(kModel));  // one per thread: backward writes its .grad
     auto mine = autotp::rewrite(original, plan, r);
     if (r == 1) parameter(mine, name).set_requires_grad(false);
@@ -628,7 +614,7 @@ TEST(TrainCheck, VerifyRankNamesAGradientThatIsMissingOnOneRank) {
 TEST(TrainCheck, VerifyRankFailsEveryRankWhenOneReplicaIsCorrupted) {
   const autotp::TpPlan plan = autotp::plan_model(autotp::load_model(fixture(kModel)), 2, kModel);
   std::vector<autotp::VerifyReport> reps(4);
-  auto errors = on_ranks(4, 2, [&](int r, autotp::Mesh& mesh) {
+  auto errors = run_ranks(4, 2, [&](int r, autotp::Mesh& mesh) {
     auto original = autotp::load_model(fixture(kModel));
     auto mine = autotp::rewrite(original, plan, mesh.tp_rank());
     if (r == 3) {
@@ -658,7 +644,7 @@ TEST(TrainCheck, ReplicaChecksumNamesTheParameterAndStep) {
                                                {"model.norm.weight", norm, false}};
   };
   auto run = [&](const std::string& corrupt) {
-    return on_ranks(2, 2, [&](int r, autotp::Mesh& mesh) { autotp::check_tp_replicas(params_of(r, corrupt), mesh.tp_group(), 5); });
+    return run_ranks(2, 2, [&](int r, autotp::Mesh& mesh) { autotp::check_tp_replicas(params_of(r, corrupt), mesh.tp_group(), 5); });
   };
   EXPECT_EQ(run(""), std::vector<std::string>(2, ""));
   for (const std::string& e : run("one"))

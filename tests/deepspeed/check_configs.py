@@ -11,47 +11,21 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ds_config import deepspeed_config  # noqa: E402
 
 import deepspeed  # noqa: E402
-from deepspeed.runtime.config import DeepSpeedConfig  # noqa: E402
-
-
-class RankZeroBackend:
-    def is_initialized(self):
-        return True
-
-    def get_rank(self, group=None):
-        return 0
-
-    def get_world_size(self, group=None):
-        return 1
-
-
-class Mpu:
-    """What DeepSpeedConfig asks an mpu for: the data-parallel world size."""
-
-    def __init__(self, dp):
-        self.dp = dp
-
-    def get_data_parallel_world_size(self):
-        return self.dp
 
 
 def main():
     cli, cases = sys.argv[1], sys.argv[2:]
-    # DeepSpeedConfig asks the comm backend for this process's rank and the mpu for dp. A real
-    # deepspeed.init_distributed on the CPU accelerator JIT-compiles a shared-memory op first (slow,
-    # and nothing here communicates), so the backend is one that answers rank 0 of 1.
-    import deepspeed.comm.comm as ds_comm
-    ds_comm.cdb = RankZeroBackend()
     problems = []
     for case in cases:
         path, world = case.rsplit(":", 1)
         ours = json.loads(subprocess.run([cli, "check", path, "--world-size", world, "--json"], check=True,
                                          capture_output=True, text=True).stdout)
         tp = ours["tensor_parallel"]["autotp_size"]
-        ds = DeepSpeedConfig(path, mpu=Mpu(int(world) // tp))
+        ds = deepspeed_config(path, int(world) // tp)
         pairs = {
             "train_batch_size": (ds.train_batch_size, ours["train_batch_size"]),
             "train_micro_batch_size_per_gpu": (ds.train_micro_batch_size_per_gpu, ours["train_micro_batch_size_per_gpu"]),

@@ -15,41 +15,16 @@ import json
 import os
 import sys
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ds_config import deepspeed_config  # noqa: E402
 
 import torch  # noqa: E402
 from deepspeed.runtime import lr_schedules  # noqa: E402
-from deepspeed.runtime.config import DeepSpeedConfig  # noqa: E402
-
-
-class RankZeroBackend:
-    """DeepSpeedConfig asks the comm backend for this process's rank: rank 0 of 1 (see check_configs.py)."""
-
-    def is_initialized(self):
-        return True
-
-    def get_rank(self, group=None):
-        return 0
-
-    def get_world_size(self, group=None):
-        return 1
-
-
-class Mpu:
-    """What DeepSpeedConfig asks an mpu for: the data-parallel world size (its batch arithmetic)."""
-
-    def __init__(self, dp):
-        self.dp = dp
-
-    def get_data_parallel_world_size(self):
-        return self.dp
 
 
 def lrs(config_path, steps, dp):
     """The lr of optimizer steps 1..steps under the config's scheduler, as DeepSpeed's engine runs it."""
-    import deepspeed.comm.comm as ds_comm
-    ds_comm.cdb = RankZeroBackend()
-    ds = DeepSpeedConfig(config_path, mpu=Mpu(dp))
+    ds = deepspeed_config(config_path, dp)
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=ds.optimizer_params["lr"])
     if ds.scheduler_name is None:
