@@ -164,6 +164,13 @@ class Rewriter {
         continue;
       }
       Node* list = n->input(static_cast<size_t>(r.list_input))->node();
+      if (list->kind() == c10::prim::Constant) {  // a list folded into one constant: built in place again
+        WithInsertPoint at(n);
+        std::vector<Value*> items;
+        for (int64_t v : torch::jit::toIValue(list->output())->toIntVector()) items.push_back(g_.insertConstant(v));
+        list = g_.insertNode(g_.createList(c10::IntType::get(), items));
+        n->replaceInput(static_cast<size_t>(r.list_input), list->output());
+      }
       if (list->kind() != c10::prim::ListConstruct)
         throw Error(mg_.path + ": " + source_of(n) + ": the size list of " + n->kind().toQualString() +
                     " is not built in place, so its split size " + std::to_string(r.from) + " cannot be rescaled");

@@ -168,7 +168,13 @@ void RuleContext::check_size_list(Node* n, size_t list_input, int split_pos, con
 }
 
 void RuleContext::rescale_int(Node* n, size_t input, int64_t list_index, const std::set<int>& origins) {
-  const Value* v = list_index < 0 ? n->input(input) : list_items(n->input(input))->at(static_cast<size_t>(list_index));
+  const Value* list = n->input(input);
+  if (list_index >= 0 && !list_items(list)) {  // a list folded into one constant: static entries
+    const int64_t from = probed(list)->toIntVector().at(static_cast<size_t>(list_index));
+    if (from != 0) s_.rescales.push_back({n, input, list_index, from, "constant", std::vector<int>(origins.begin(), origins.end()), false});
+    return;
+  }
+  const Value* v = list_index < 0 ? list : list_items(list)->at(static_cast<size_t>(list_index));
   IntTag t = tag(v);
   if (t.kind == IntTag::Local) return;  // read from the split dim: already per-rank
   const int64_t from = int_of(v);

@@ -82,8 +82,10 @@ void split_like_rule(RuleContext& c, Node* n) {
     if (c.arg(n, "split_size")) c.rescale_int(n, static_cast<size_t>(c.arg_index(n, "split_size")), -1, p.origins);
     if (Value* sizes = c.arg(n, "split_sizes")) {
       auto* items = c.list_items(sizes);
-      if (!items) c.fail(n, "cuts the split dim with sizes computed at run time; autotp needs them built from single sizes");
-      for (size_t i = 0; i < items->size(); ++i) c.rescale_int(n, static_cast<size_t>(c.arg_index(n, "split_sizes")), static_cast<int64_t>(i), p.origins);
+      const bool constant = sizes->node()->kind() == c10::prim::Constant;
+      if (!items && !constant) c.fail(n, "cuts the split dim with sizes computed at run time; autotp needs them built from single sizes");
+      const size_t count = items ? items->size() : c.probed(sizes)->toIntVector().size();
+      for (size_t i = 0; i < count; ++i) c.rescale_int(n, static_cast<size_t>(c.arg_index(n, "split_sizes")), static_cast<int64_t>(i), p.origins);
     }
     return c.set_elements(n->output(), std::vector<TensorPlacement>(pieces, p));
   }

@@ -49,14 +49,25 @@ StepResult step(torch::jit::Module& module, const Batch& b, bool vocab_split, in
   return r;
 }
 
-// max |got - ref| / max |whole|: `whole` is the full reference tensor when `ref` is a rank's slice
-// of it, so a slice's error is the number the re-assembled comparison gives.
-double rel(const at::Tensor& got, const at::Tensor& ref, const at::Tensor& whole) {
-  const double scale = whole.to(at::kDouble).abs().max().item<double>();
+// max |got - ref| / max(max |whole|, floor): `whole` is the full reference tensor when `ref` is a
+// rank's slice of it, so a slice's error is the number the re-assembled comparison gives.
+double rel(const at::Tensor& got, const at::Tensor& ref, const at::Tensor& whole, double floor = 0) {
+  const double scale = std::max(whole.to(at::kDouble).abs().max().item<double>(), floor);
   const double diff = (got.to(at::kDouble) - ref.to(at::kDouble)).abs().max().item<double>();
   return scale > 0 ? diff / scale : diff;
 }
-double rel(const at::Tensor& got, const at::Tensor& ref) { return rel(got, ref, ref); }
+double rel(const at::Tensor& got, const at::Tensor& ref, double floor = 0) { return rel(got, ref, ref, floor); }
+
+// A gradient is judged against its own scale, but never against less than a thousandth of the
+// model's largest gradient: some are zero analytically and hold only rounding (OPT's k_proj bias,
+// 2e-11, since softmax ignores a shift shared by all keys), where any ratio is noise. A fault that
+// moves a gradient by half its size is still caught unless that gradient is below 2e-8 of the
+// largest, i.e. rounding itself.
+double gradient_floor(const std::map<std::string, at::Tensor>& grads) {
+  double largest = 0;
+  for (const auto& [name, g] : grads) largest = std::max(largest, g.abs().max().item<double>());
+  return 1e-3 * largest;
+}
 
 // The logits split as a parameter would be: over the (padded) vocabulary when vocab_split.
 ParamPlan logits_part(const at::Tensor& reference_logits, bool vocab_split, const TpPlan& plan) {
@@ -282,6 +293,7 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
   rep.loss_sharded = results[0].loss;
   for (const auto& res : results)
     rep.loss_rel = std::max(rep.loss_rel, std::abs(res.loss - reference.loss) / std::abs(reference.loss));
+  const double floor = gradient_floor(reference.grads);
   for (const auto& [name, ref] : reference.grads) {
     const ParamPlan& p = plan_of(index, name);
     std::vector<at::Tensor> shards;
@@ -292,9 +304,9 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
     }
     double e = 0;
     if (p.split_dim >= 0)
-      e = rel(assemble(shards, p), ref);
+      e = rel(assemble(shards, p), ref, floor);
     else
-      for (const auto& replica : shards) e = std::max(e, rel(replica, ref));  // each replica in full
+      for (const auto& replica : shards) e = std::max(e, rel(replica, ref, floor));  // each replica in full
     record_grad(rep, name, e);
   }
   return rep;
@@ -318,16 +330,16 @@ namespace {
 // This rank's error of `got` against the reference `ref`: this rank's part of `ref` as the plan
 // splits it (scaled by the whole reference: the number the re-assembled comparison gives). A part
 // of the wrong shape is infinitely wrong, not an exception: every rank must reach the max-reduce.
-double part_rel(const at::Tensor& got, const at::Tensor& ref, const ParamPlan& p, int rank, int tp) {
+double part_rel(const at::Tensor& got, const at::Tensor& ref, const ParamPlan& p, int rank, int tp, double floor = 0) {
   at::Tensor mine = shard_of(ref, p, tp, rank);
   if (got.sizes() != mine.sizes()) return std::numeric_limits<double>::infinity();
   if (p.padded) {  // padding is not the model's: compare this rank's real rows or columns only
     const int64_t local = p.padded / tp, real = p.shape.at(static_cast<size_t>(p.split_dim));
     const int64_t keep = std::max<int64_t>(0, std::min(local, real - rank * local));
     if (keep == 0) return 0;
-    return rel(got.narrow(p.split_dim, 0, keep), mine.narrow(p.split_dim, 0, keep), ref);
+    return rel(got.narrow(p.split_dim, 0, keep), mine.narrow(p.split_dim, 0, keep), ref, floor);
   }
-  return rel(got, mine, ref);
+  return rel(got, mine, ref, floor);
 }
 
 }  // namespace
@@ -363,11 +375,12 @@ VerifyReport verify_rank(torch::jit::Module& original, const TpPlan& plan, torch
       part_rel(res.logits, reference.logits, logits_part(reference.logits, vocab_split, plan), r, tp),
       std::abs(res.loss - reference.loss) / std::abs(reference.loss)};
   std::vector<std::string> names;
+  const double floor = gradient_floor(reference.grads);
   for (const auto& [name, ref] : reference.grads) {
     const ParamPlan& p = plan_of(index, name);
     auto it = res.grads.find(name);
     at::Tensor got = it != res.grads.end() ? it->second : at::zeros_like(shard_of(ref, p, tp, r));
-    errors.push_back(part_rel(got, ref, p, r, tp));
+    errors.push_back(part_rel(got, ref, p, r, tp, floor));
     names.push_back(name);
   }
   // Agree on the worst over all ranks (world group, so the tp counts above stay one step's). NaN

@@ -12,6 +12,7 @@ import sys
 
 NAMES = ["zoo_llama", "zoo_mistral", "zoo_mixtral", "zoo_qwen2", "zoo_qwen3", "zoo_gemma", "zoo_gemma2", "zoo_phi",
          "zoo_phi3", "zoo_olmo2", "zoo_stablelm", "zoo_cohere", "zoo_granite", "zoo_gpt_neox", "zoo_falcon", "zoo_gpt2",
+         "zoo_opt", "zoo_gptj", "zoo_codegen", "zoo_starcoder2", "zoo_gpt_bigcode", "zoo_bloom",
          "style_nanogpt", "style_meta", "style_opaque", "llama_vocab251"]
 
 

@@ -224,7 +224,8 @@ TEST_P(Zoo, MatchesItsUnshardedSelf) {
 std::vector<Case> zoo_cases() {
   std::vector<Case> out;
   for (const char* arch : {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "olmo2",
-                           "stablelm", "cohere", "granite", "gpt_neox", "falcon", "gpt2"})
+                           "stablelm", "cohere", "granite", "gpt_neox", "falcon", "gpt2", "opt", "gptj", "codegen",
+                           "starcoder2", "gpt_bigcode", "bloom"})
     for (int tp : {2, 4}) out.push_back({std::string("zoo_") + arch, tp});
   return out;
 }

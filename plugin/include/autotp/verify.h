@@ -5,6 +5,8 @@
 // cross-entropy, mean over tokens; the sharded side uses the vocab-parallel cross-entropy).
 // Relative error of a quantity = max |sharded − reference| / max |reference|, over the whole
 // tensor (re-assembled from the shards) — an elementwise ratio is meaningless where values cross 0.
+// A gradient's scale is never taken below a thousandth of the model's largest gradient: some are
+// zero analytically and hold only rounding (see gradient_floor in verify.cpp).
 #pragma once
 
 #include <cstdint>
