@@ -92,7 +92,6 @@ struct ShardingStructure {
     int tensor = -1;
     int dim = -1;  // of the parameter
     torch::jit::Node* node = nullptr;
-    std::vector<int> origins;
   };
   std::vector<Linear> linears;
   std::vector<Embedding> embeddings;

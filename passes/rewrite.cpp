@@ -150,6 +150,12 @@ class Rewriter {
     }
   }
 
+  // A size on a split dim: a static one replaced by its per-rank value, one read at run time
+  // divided by tp where it is used.
+  Value* rescaled(Value* size, const GraphSites::Rescale& r) {
+    return r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(size), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to);
+  }
+
   void rescale_sizes() {
     for (const auto& r : plan_.sites.rescales) {
 #if AUTOTP_MUTANT == 3  // mutant (make mutants): the first recorded size is left as it was
@@ -158,9 +164,7 @@ class Rewriter {
       Node* n = node(r.node);
       if (r.list_index < 0) {  // the int input itself (a slice bound, a split size)
         WithInsertPoint at(n);
-        Value* v = n->input(static_cast<size_t>(r.list_input));
-        n->replaceInput(static_cast<size_t>(r.list_input),
-                        r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(v), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to));
+        n->replaceInput(static_cast<size_t>(r.list_input), rescaled(n->input(static_cast<size_t>(r.list_input)), r));
         continue;
       }
       Node* list = n->input(static_cast<size_t>(r.list_input))->node();
@@ -177,7 +181,7 @@ class Rewriter {
       WithInsertPoint at(n);
       std::vector<Value*> items(list->inputs().begin(), list->inputs().end());
       Value*& item = items.at(static_cast<size_t>(r.list_index));
-      item = r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(item), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to);
+      item = rescaled(item, r);
       Node* fresh = g_.insertNode(g_.createList(c10::IntType::get(), items));
       n->replaceInput(static_cast<size_t>(r.list_input), fresh->output());
     }

@@ -155,12 +155,9 @@ void RuleContext::check_size_list(Node* n, size_t list_input, int split_pos, con
   for (size_t i = 0; i < items->size(); ++i) {
     IntTag t = tag((*items)[i]);
     if (static_cast<int>(i) == split_pos) {
-      const int64_t v = int_of((*items)[i]);
       // A static size is replaced by v/tp; one read at run time from an unsplit extent (nanoGPT's
       // reshape(B, T, C) with C = x.size(-1)) is divided by tp where it is used. -1 stays -1.
-      if (t.kind != IntTag::Local && v != -1)
-        s_.rescales.push_back({n, list_input, static_cast<int64_t>(i), v, t.kind == IntTag::Full ? "size read at run time" : t.what,
-                               std::vector<int>(origins.begin(), origins.end()), t.kind == IntTag::Full});
+      if (int_of((*items)[i]) != -1) rescale_int(n, list_input, static_cast<int64_t>(i), origins);
     } else if (t.kind == IntTag::Local) {
       fail(n, "size[" + std::to_string(i) + "] is read from a split dim but sits on an unsplit one");
     }

@@ -107,6 +107,7 @@ class RuleContext {
   // `to` takes `from`'s state, or one element's placement / size tag.
   void copy_state(const Value* from, const Value* to, const TensorPlacement* elem, const IntTag* elem_tag = nullptr);
   const std::vector<IntTag>* element_tags(const Value* v) const;
+  void set_items(const Value* v, std::vector<Value*> items) { items_[v] = std::move(items); }  // a list built in the graph
   bool is_exempt(Node* n, size_t input) const { return exempt_.count({n, input}) > 0; }
 
   const ModelGraph& mg_;
@@ -123,9 +124,6 @@ class RuleContext {
   std::unordered_map<const Value*, std::vector<IntTag>> elem_tags_;      // int lists made by ops (x.shape)
   std::unordered_map<const Value*, ParamView> view_;
   std::set<std::pair<Node*, size_t>> exempt_;
-
- protected:
-  void set_items(const Value* v, std::vector<Value*> items) { items_[v] = std::move(items); }
 };
 
 using Rule = void (*)(RuleContext&, torch::jit::Node*);

@@ -71,8 +71,7 @@ void elementwise_rule(RuleContext& c, Node* n) {
     // is split with them; anything else of full extent needs the whole dim.
     const ParamView* pv = c.param_view(in);
     if (pv && !pv->dims.empty() && pv->dims[static_cast<size_t>(d)] >= 0 && c.graph().tensors[static_cast<size_t>(pv->tensor)].trainable) {
-      auto o = merged(shards);
-      c.structure().param_splits.push_back({pv->tensor, pv->dims[static_cast<size_t>(d)], n, std::vector<int>(o.begin(), o.end())});
+      c.structure().param_splits.push_back({pv->tensor, pv->dims[static_cast<size_t>(d)], n});
       c.exempt(n, i);
       continue;
     }

@@ -211,9 +211,10 @@ void slice_rule(RuleContext& c, Node* n) {
   if (p.split()) {
     int d = norm_dim(c.int_of(c.arg(n, "dim")), c.rank(n->input(0)));
     const int64_t extent = c.sizes(n->input(0))[d];
-    if (d == p.dim && extent != c.sizes(n->output())[d] && c.arg(n, "length"))
+    const bool cuts = d == p.dim && extent != c.sizes(n->output())[d];
+    if (cuts && c.arg(n, "length"))
       c.need_full(n, p.origins, "narrows the split dim " + std::to_string(d) + " of " + c.describe(n->input(0)));
-    if (d == p.dim && extent != c.sizes(n->output())[d]) {
+    if (cuts) {
       // A fused projection sliced into segments: bounds from the probe, rescaled by tp.
       auto bound = [&](const char* name, int64_t none) {
         Value* v = c.arg(n, name);
