@@ -1,5 +1,5 @@
 # Entry points (README). Each target does all set-up first; all of them are idempotent.
-#   make run    set up, build, and fine-tune the bundled SmolLM2-135M-Instruct with tp=3 + ZeRO-1
+#   make run    set up, build, SFT the bundled SmolLM2-135M-Instruct with tp=3 + ZeRO-1, export to HF
 #   make test   set up, build, and run every test
 #   make bench  set up, build, and run the benchmarks (not part of the tests)
 #   make mutants  build deliberate faults one at a time and show which tests catch each
@@ -15,13 +15,21 @@ build: setup
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > $(BUILD).configure.log 2>&1 || (cat $(BUILD).configure.log; exit 1)
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The main job: fine-tune SmolLM2-135M-Instruct with AutoTP over 3 ranks + ZeRO-1 on the bundled
-# data (data/demo.jsonl, tokenized by the build) and show the loss going down.
+# The main job: supervised fine-tuning of SmolLM2-135M-Instruct with AutoTP over 3 ranks + ZeRO-1 on
+# the bundled instruction data (data/sft_demo.json through its chat template; a quarter held out),
+# with checkpoints and held-out loss, then the result back out as a Hugging Face folder that
+# transformers loads and evaluates to the same held-out loss.
+RUN_DIR = $(BUILD)/smollm2_sft
 run: build
 	$(BUILD)/autotp inspect $(BUILD)/fixtures/smollm2.pt --tp 3 | tail -4
+	rm -rf $(RUN_DIR)
 	.venv/bin/torchrun --standalone --nproc_per_node 3 --no-python $(BUILD)/autotp train \
-	  --config configs/smollm2_tp3.json --model $(BUILD)/fixtures/smollm2.pt --data $(BUILD)/data/demo.tokens \
-	  --steps 30 --seq 32 --out $(BUILD)/smollm2_tp3 --metrics $(BUILD)/smollm2_tp3.jsonl
+	  --config configs/smollm2_sft_tp3.json --model $(BUILD)/fixtures/smollm2.pt \
+	  --data $(BUILD)/data/sft_demo.tokens --eval-data $(BUILD)/data/sft_demo.eval.tokens --eval-every 5 \
+	  --steps 20 --seq 64 --save-dir $(RUN_DIR)/checkpoints --save-every 10 --keep 1 \
+	  --out $(RUN_DIR)/final --metrics $(RUN_DIR)/metrics.jsonl
+	$(BUILD)/autotp merge $(RUN_DIR)/final --out $(RUN_DIR)/hf
+	.venv/bin/python scripts/hf_eval.py $(RUN_DIR)/hf $(BUILD)/data/sft_demo.eval.tokens --seq 64 --metrics $(RUN_DIR)/metrics.jsonl
 
 test: build
 	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure

@@ -23,6 +23,7 @@
 
 #include "autotp/error.h"
 #include "autotp/passes.h"
+#include "passes/layout.h"
 #include "passes/model_graph.h"
 
 namespace autotp {
@@ -289,6 +290,8 @@ torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan,
       for (const auto& a : p.aliases) split.push_back(a);
     }
   out.register_attribute("autotp_split", c10::ListType::ofStrings(), split);
+  // How to put the ranks back together (merge_ranks, autotp merge), with no plan file beside them.
+  out.register_attribute("autotp_layout", c10::StringType::get(), layout_to_json(plan));
   return out;
 }
 
@@ -354,6 +357,8 @@ RewriteInfo rewrite_info(const torch::jit::Module& module) {
   info.vocab = module.attr("autotp_vocab").toInt();
   if (module.hasattr("autotp_split"))
     for (const auto& name : module.attr("autotp_split").toListRef()) info.split.push_back(name.toStringRef());
+  if (module.hasattr("autotp_layout"))  // absent in archives written before layouts were recorded
+    info.params = layout_params(module.attr("autotp_layout").toStringRef(), "rank " + std::to_string(info.tp_rank));
   return info;
 }
 

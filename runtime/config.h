@@ -69,6 +69,9 @@ struct TrainConfig {
   double gradient_clipping = 1.0;  // max global grad norm; 0 = off (DeepSpeed's default is 1.0 since 0.19.3)
   int64_t steps_per_print = 10;
   int64_t seed = 42;           // autotp's key; DeepSpeed ignores unknown top-level keys
+  // autotp's key: weight decay on 1-D parameters (norm weights, biases) too. Default false, as
+  // transformers' Trainer and LLaMA-Factory (and Megatron) do; DeepSpeed alone decays everything.
+  bool decay_norms_and_biases = false;
   bool wall_clock_breakdown = false;
   std::vector<std::string> no_effect;  // accepted keys that change nothing in autotp, by path
 

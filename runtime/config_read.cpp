@@ -619,6 +619,10 @@ const Section& top_section() {
          [](Ctx& ctx, const Json& v, const std::string& path) {
            if (auto x = read_int(ctx, v, path, 0, "write a number")) ctx.cfg.seed = *x;
          }},
+        {"decay_norms_and_biases",  // autotp's key: transformers' Trainer never decays them
+         [](Ctx& ctx, const Json& v, const std::string& path) {
+           if (auto x = read_bool(ctx, v, path, "write true or false")) ctx.cfg.decay_norms_and_biases = *x;
+         }},
         {"wall_clock_breakdown",
          [](Ctx& ctx, const Json& v, const std::string& path) {
            if (auto x = read_bool(ctx, v, path, "write true or false")) ctx.cfg.wall_clock_breakdown = *x;

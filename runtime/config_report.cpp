@@ -57,6 +57,7 @@ std::string TrainConfig::to_json() const {
   j["gradient_clipping"] = gradient_clipping;
   j["steps_per_print"] = steps_per_print;
   j["seed"] = seed;
+  j["decay_norms_and_biases"] = decay_norms_and_biases;
   j["wall_clock_breakdown"] = wall_clock_breakdown;
   return j.dump(2);
 }
@@ -122,9 +123,11 @@ std::string check_report(const TrainConfig& c) {
   out << "  batch      " << describe_batch(c) << "\n";
   out << "  optimizer  " << o.type << " lr " << num(o.lr) << ", betas (" << num(o.beta1) << ", " << num(o.beta2)
       << "), eps " << num(o.eps) << ", weight_decay " << num(o.weight_decay)
-      << (o.decoupled ? " (decoupled weight decay)" : " (L2 weight decay, added to the gradient)") << "\n";
+      << (o.decoupled ? " (decoupled weight decay)" : " (L2 weight decay, added to the gradient)")
+      << (o.weight_decay == 0 ? "" : c.decay_norms_and_biases ? ", on every parameter" : ", not on norms and biases (1-D parameters)")
+      << "\n";
   out << "  schedule   " << describe_schedule(c) << "\n";
-  out << "  precision  " << (c.bf16 ? "bf16 weights, activations and gradients; fp32 master weights" : "fp32") << "\n";
+  out << "  precision  " << (c.bf16 ? "bf16 weights, activations and gradients; fp32 master weights and gradient accumulation" : "fp32") << "\n";
   out << "  ZeRO       " << describe_zero(c) << "\n";
   out << "  clipping   " << (c.gradient_clipping > 0 ? "global gradient norm " + num(c.gradient_clipping) : "off") << "\n";
   out << "  logging    every " << c.steps_per_print << " steps; seed " << c.seed << "\n";

@@ -203,6 +203,7 @@ std::shared_ptr<Mesh> Mesh::create(const c10::intrusive_ptr<c10d::Store>& store,
   if (rank < 0 || rank >= world)
     throw Error("mesh: rank " + std::to_string(rank) + " is outside the world of " + std::to_string(world));
   auto m = std::shared_ptr<Mesh>(new Mesh());
+  m->store_ = store;
   m->rank_ = rank;
   m->world_ = world;
   m->device_ = options.device;
@@ -272,6 +273,10 @@ std::shared_ptr<Mesh> init_mesh_from_env(const MeshOptions& options) {
     prefix = "/worker/attempt_" + env_str("TORCHELASTIC_RESTART_COUNT", "0");
   } else {
     so.isServer = rank == 0;
+    // Restarted workers (torchrun --max-restarts) on a store that outlives an attempt would read the
+    // previous attempt's keys and hang or mismatch: each attempt gets a prefix of its own.
+    if (const std::string attempt = env_str("TORCHELASTIC_RESTART_COUNT", ""); !attempt.empty())
+      prefix = "/autotp/attempt_" + attempt;
   }
   c10::intrusive_ptr<c10d::Store> store;
   try {

@@ -1,13 +1,15 @@
 // The training loop (see trainer.h).
 #include "runtime/trainer.h"
 
+#include <array>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -17,38 +19,37 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include "autotp/autotp.h"
 #include "autotp/error.h"
 #include "autotp/passes.h"
-#include "autotp/verify.h"
+#include "runtime/checkpoint.h"
+#include "runtime/evaluate.h"
+#include "runtime/liveness.h"
+#include "runtime/rank_model.h"
 #include "runtime/token_data.h"
 #include "runtime/tp_ops.h"
+#include "runtime/trainer_checks.h"
 #include "runtime/zero_optimizer.h"
 
 namespace autotp {
+namespace fs = std::filesystem;
 namespace {
 
-std::vector<TrainableParam> trainable_params(const torch::jit::Module& m) {
+// Trainable parameters in module order, tied tensors once. Weight decay skips 1-D parameters (norm
+// weights, biases) unless the config asks for it: what transformers' Trainer does by name, read
+// here from the shape, which holds for every architecture in the zoo.
+std::vector<TrainableParam> trainable_params(const torch::jit::Module& m, bool decay_1d) {
   std::set<std::string> split;
   for (const auto& name : rewrite_info(m).split) split.insert(name);
   std::vector<TrainableParam> out;
   std::set<const void*> seen;  // tied weights: one tensor under two names, trained once
   for (const auto& p : m.named_parameters(/*recurse=*/true)) {
     if (!p.value.requires_grad() || !seen.insert(p.value.unsafeGetTensorImpl()).second) continue;
-    out.push_back({p.name, p.value, split.count(p.name) > 0});
+    out.push_back({p.name, p.value, split.count(p.name) > 0, decay_1d || p.value.dim() >= 2});
   }
   return out;
-}
-
-// TP peers must train on the same tokens: compare a checksum of the first batch once.
-void check_tp_peers_agree(Group& tp, const at::Tensor& batch) {
-  at::Tensor sig = (batch.to(at::kDouble) * at::arange(1, batch.numel() + 1, at::kDouble).view(batch.sizes())).sum().reshape({1});
-  at::Tensor hi = sig.clone(), lo = -sig;
-  tp.all_reduce(hi, c10d::ReduceOp::MAX, "train.check_batch");
-  tp.all_reduce(lo, c10d::ReduceOp::MAX, "train.check_batch");
-  if (hi.item<double>() != -lo.item<double>())
-    throw Error("train: tensor-parallel peers read different batches; every rank of a TP group must see the same data file");
 }
 
 std::string human_bytes(int64_t b) {
@@ -61,154 +62,60 @@ std::string human_bytes(int64_t b) {
   return o.str();
 }
 
-// This rank's module: rewritten here from the full model (every rank loads it once, then drops
-// it), or read from a directory `autotp rewrite` wrote, so no rank ever holds the full weights.
-// The full model and its plan come back too while they are at hand, for the pre-step check.
-struct RankModel {
-  torch::jit::Module module;
-  std::optional<torch::jit::Module> original;  // the full model when --model is one archive
-  TpPlan plan;
-};
-
-RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank) {
-  if (std::filesystem::is_directory(path)) {
-    const std::string mine = path + "/rank" + std::to_string(tp_rank) + ".pt";
-    if (!std::filesystem::exists(mine))
-      throw Error(path + ": no rank" + std::to_string(tp_rank) + ".pt; write the rank archives with autotp rewrite MODEL.pt --tp " +
-                  std::to_string(tp) + " --out " + path);
-    torch::jit::Module m = load_model(mine);
-    const RewriteInfo info = rewrite_info(m);
-    if (info.tp != tp || info.tp_rank != tp_rank)
-      throw Error(mine + ": rewritten for tp=" + std::to_string(info.tp) + " rank " + std::to_string(info.tp_rank) +
-                  ", but this is rank " + std::to_string(tp_rank) + " of tensor_parallel.autotp_size " + std::to_string(tp) +
-                  "; rewrite the model with --tp " + std::to_string(tp));
-    return {m, std::nullopt, {}};
-  }
-  torch::jit::Module original = load_model(path);
-  if (rewrite_info(original).tp != 0)
-    throw Error(path + ": is one rank of a rewritten model; pass the directory that holds all rank<r>.pt files");
-  TpPlan plan = plan_model(original, static_cast<int>(tp), path);
-  torch::jit::Module mine = rewrite(original, plan, tp_rank);
-  return {mine, original, plan};
+// Collective totals of the world, tp and dp groups.
+std::array<CollectiveCount, 3> totals(Mesh& mesh) {
+  return {mesh.world_group().total(), mesh.tp_group().total(), mesh.dp_group().total()};
 }
 
-// Whether the module's forward runs on token ids of `shape` (a trace may be tied to its shape).
-bool runs_at(torch::jit::Module& module, const std::vector<int64_t>& shape) {
-  try {
-    c10::NoGradGuard no_grad;
-    module.forward({at::zeros(shape, at::kLong)});
-    return true;
-  } catch (const std::exception&) {
-    return false;
+// Tests kill a rank at a chosen point (AUTOTP_TEST_KILL=point:rank:step, point "step" or "save"),
+// on the first attempt only, so a restarted worker runs through. SIGKILL: nothing is cleaned up.
+void die_here_if_asked(const std::string& point, int rank, int64_t step) {
+  const char* spec = std::getenv("AUTOTP_TEST_KILL");
+  if (!spec) return;
+  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  if (attempt && std::string(attempt) != "0") return;
+  if (std::string(spec) == point + ":" + std::to_string(rank) + ":" + std::to_string(step)) {
+    std::cerr << "autotp: AUTOTP_TEST_KILL: rank " << rank << " kills itself at " << point << " of step " << step << std::endl;
+    std::raise(SIGKILL);
   }
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  return "[" + std::to_string(shape.at(0)) + ", " + std::to_string(shape.at(1)) + "]";
-}
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-std::string sci(double v, int digits) {
-  std::ostringstream o;
-  o << std::scientific << std::setprecision(digits) << v;
-  return o.str();
-}
-
-// Before step 1: this rank's sharded module against the unsharded one on one small batch
-// (verify_rank), in fp32 before any bf16 cast, so a wrong rewrite stops here naming the parameter
-// instead of training silently wrong. The batch is [1, min(seq, 16)]: small, and the training's own
-// length when that is short; a trace that cannot run it gets its traced shape, and a model that
-// runs neither is skipped with a notice (training itself will tell).
-void check_sharding(torch::jit::Module& original, const TpPlan& plan, torch::jit::Module& mine,
-                    const TrainOptions& o, uint64_t seed, Mesh& mesh, bool chatty) {
-  original.eval();  // dropout off on both sides: they must compute one function
-  mine.eval();
-  std::vector<int64_t> shape{1, std::min<int64_t>(o.seq, 16)};
-  if (shape[1] < 2 || !runs_at(original, shape)) shape = example_shape(original);
-  if (!runs_at(original, shape)) {
-    if (chatty) std::cout << "check: skipped: the unsharded model runs neither on [1, " << std::min<int64_t>(o.seq, 16)
-                          << "] nor on " << shape_text(shape) << "\n";
-    return;
+// --out must not swallow a folder of something else: an autotp checkpoint or rank folder, or new.
+void check_out_folder(const std::string& dir) {
+  if (dir.empty() || !fs::exists(dir)) return;
+  if (!fs::is_directory(dir)) throw Error("--out " + dir + ": exists and is not a folder; pick a new path");
+  if (fs::exists(fs::path(dir) / "trainer_state.json")) return;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (!(name.rfind("rank", 0) == 0 && e.path().extension() == ".pt"))
+      throw Error("--out " + dir + ": holds " + name + ", so it is not an autotp checkpoint it may replace; pick a new folder");
   }
-  const std::string rerun = "rerun with autotp verify " + o.model_path + " --tp " + std::to_string(mesh.tp()) +
-                            " --per-param, or --no-verify to train anyway";
-  VerifyReport rep;
-  try {
-    rep = verify_rank(original, plan, mine, shape, seed, mesh);
-  } catch (const std::exception& e) {
-    throw Error("train: the sharded model fails on the check batch " + shape_text(shape) + " (" + user_message(e) + "); " + rerun);
-  }
-  // This check is for wrong sharding, which moves values by 10% to 100% (an unreduced partial
-  // gradient: 0.5-1.3; a dropped bias or size: the logits), not for fp32 reordering: TP's partial
-  // sums move a 30-layer pretrained model's gradients by up to ~1e-3 on random tokens (SmolLM2 at
-  // tp=3, README "Tolerances"). So it allows 1e-4 on logits and loss and 1e-2 on gradients, where
-  // `autotp verify` holds everything to 1e-5, and says when gradients differ by more than that.
-  constexpr double kLogitsLoss = 1e-4, kGrads = 1e-2;
-  std::string wrong;
-  if (rep.grads_rel > kGrads) wrong = "gradient of " + rep.worst_grad + " off by " + sci(rep.grads_rel, 2) + " (tolerance 1e-02)";
-  else if (rep.logits_rel > kLogitsLoss) wrong = "logits off by " + sci(rep.logits_rel, 2) + " (tolerance 1e-04)";
-  else if (rep.loss_rel > kLogitsLoss) wrong = "loss off by " + sci(rep.loss_rel, 2) + " (tolerance 1e-04)";
-  if (!wrong.empty())
-    throw Error("train: the sharded model disagrees with the unsharded one on a check batch: " + wrong + "; " + rerun);
-  if (chatty)
-    std::cout << "check: sharded vs unsharded on " << shape_text(shape) << ": logits " << sci(rep.logits_rel, 1) << ", loss "
-              << sci(rep.loss_rel, 1) << ", grads " << sci(rep.grads_rel, 1) << " (" << rep.grads_compared << " parameters) ok"
-              << (rep.grads_rel > rep.tolerance ? " (gradients beyond verify's 1e-5: fp32 reordering of TP's partial sums)" : "")
-              << "\n";
 }
 
-// Two float64 checksums of a tensor: its sum, and the sum of |x| weighted by position (cyclic
-// 1..1021), which also moves when elements trade places or one changes without the sum changing.
-std::pair<double, double> checksums(const at::Tensor& t) {
-  at::Tensor x = t.detach().reshape({-1}).to(at::kDouble);
-  at::Tensor w = at::arange(x.numel(), at::kDouble).fmod(1021) + 1;
-  return {x.sum().item<double>(), (x.abs() * w).sum().item<double>()};
-}
-
-// A group's traffic without the self-checks (sites "train.check_*"): the metrics count only what
-// training steps send, so each step's bytes stay exact whether or not a check ran in between.
-CollectiveCount training_traffic(const Group& g) {
-  CollectiveCount c = g.total();
-  for (const auto& [site, n] : g.by_site())
-    if (site.rfind("train.check", 0) == 0) {
-      c.calls -= n.calls;
-      c.bytes -= n.bytes;
+// On resume: the metrics file keeps the lines up to the checkpoint's step (a crashed run may have
+// written later ones), so the file reads as one run.
+void trim_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::vector<std::string> kept;
+  for (std::string line; std::getline(in, line);) {
+    try {
+      if (!line.empty() && nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept.push_back(line);
+    } catch (const std::exception&) {
     }
-  return c;
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  for (const auto& l : kept) out << l << "\n";
 }
 
 }  // namespace
 
-void check_tp_replicas(const std::vector<TrainableParam>& params, Group& tp, int64_t step) {
-  if (tp.size() == 1) return;
-  std::vector<const TrainableParam*> replicated;
-  std::vector<double> sums;
-  for (const auto& p : params) {
-    if (p.tp_split) continue;
-    auto [sum, weighted] = checksums(p.param);
-    replicated.push_back(&p);
-    sums.insert(sums.end(), {sum, weighted});
-  }
-  if (replicated.empty()) return;  // the same on every rank: one plan
-  // Max of v and max of -v (the min) in one all-reduce; NaN/inf become fixed values first, since a
-  // max-reduce may drop a NaN and equal replicas must compare equal.
-  at::Tensor v = at::nan_to_num(at::tensor(sums, at::kDouble), 0.5 * std::numeric_limits<double>::max());
-  at::Tensor both = at::cat({v, -v});
-  tp.all_reduce(both, c10d::ReduceOp::MAX, "train.check_replicas");
-  const int64_t n = v.numel();
-  at::Tensor spread = both.narrow(0, 0, n) + both.narrow(0, n, n);  // max - min per checksum
-  const double* sp = spread.data_ptr<double>();
-  for (size_t i = 0; i < replicated.size(); ++i) {
-    const double d = std::max(sp[2 * i], sp[2 * i + 1]);
-    if (d != 0)
-      throw Error("train: step " + std::to_string(step) + ": replicated parameter " + replicated[i]->name +
-                  " differs across the tensor-parallel group (max |diff| of checksums " + sci(d, 1) +
-                  "); its gradient was not reduced over TP — report this model to autotp");
-  }
-}
-
 std::string StepMetrics::json() const {
   nlohmann::json j{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
-                   {"seconds", seconds}, {"param_bytes", param_bytes}, {"grad_bytes", grad_bytes},
+                   {"seconds", seconds}, {"epoch", epoch}, {"loss_tokens", loss_tokens}, {"param_bytes", param_bytes}, {"grad_bytes", grad_bytes},
                    {"optimizer_bytes", optimizer_bytes}};
   for (const auto& [name, c] : {std::pair<const char*, CollectiveCount>{"tp", tp_bytes}, {"dp", dp_bytes}, {"world", world_bytes}})
     j["collectives"][name] = {{"calls", c.calls}, {"bytes", c.bytes}};
@@ -221,119 +128,275 @@ TrainConfig load_train_config(const TrainOptions& options, int64_t world_size) {
   return load_config(options.config_path, o);
 }
 
+
 std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   TrainConfig cfg = load_train_config(options, mesh.world());
   if (cfg.tp != mesh.tp())
     throw Error(options.config_path + ": tensor_parallel.autotp_size is " + std::to_string(cfg.tp) + " but the mesh has tp=" +
                 std::to_string(mesh.tp()));
   if (options.steps < 1) throw Error("train: --steps must be at least 1");
-  at::manual_seed(cfg.seed);
+  if (options.save_every < 0 || options.eval_every < 0) throw Error("train: --save-every and --eval-every must be at least 0");
+  if (options.save_every > 0 && options.save_dir.empty()) throw Error("train: --save-every needs --save-dir DIR");
+  check_out_folder(options.out_dir);
   const bool chatty = !options.quiet && mesh.rank() == 0;
   const int64_t micro = cfg.micro_batch, ga = cfg.grad_accum, dp = mesh.dp(), seq = options.seq;
+
+  // Where to continue from: --resume, or, in a worker torchrun restarted, --save-dir's latest.
+  std::string resume = options.resume;
+  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  if (resume.empty() && !options.save_dir.empty() && attempt && std::string(attempt) != "0" &&
+      fs::exists(fs::path(options.save_dir) / "latest")) {
+    resume = options.save_dir;
+    if (chatty) std::cout << "restart " << attempt << ": resuming from " << options.save_dir << "/latest\n";
+  }
+  std::string from_folder;
+  std::optional<CheckpointState> from;
+  if (!resume.empty()) {
+    from_folder = resolve_checkpoint(resume);
+    from = read_checkpoint_state(from_folder);
+  }
+
+  at::manual_seed(cfg.seed);
   if (chatty)
     std::cout << "autotp train: " << options.model_path << " world " << mesh.world() << " = tp " << mesh.tp() << " x dp "
               << dp << ", ZeRO-" << cfg.zero_stage << ", " << (cfg.bf16 ? "bf16" : "fp32") << ", global batch "
               << micro * ga * dp << " x " << seq << " tokens (micro " << micro << ", accumulation " << ga << ")\n";
 
   torch::jit::Module model;
+  TpPlan plan;
   {
     RankModel rm = load_rank_model(options.model_path, cfg.tp, mesh.tp_rank());
     model = rm.module;
-    if (options.verify && rm.original) {
-      // A second rewrite by the same plan is checked, not `model`: TorchScript's profiling executor
-      // re-optimizes a method after its first runs, so running `model` here would move that point
-      // and change training's rounding; this way training is bit for bit what it is without the
-      // check. (Module::clone is no substitute: a cloned rank module loses a gradient.)
+    plan = rm.plan;
+    if (options.verify && rm.original && !from) {
+      // A second rewrite by the same plan is checked, not `model`, so training is bit for bit what
+      // it is without the check. (Module::clone is no substitute: a cloned rank module loses a
+      // gradient.)
       torch::jit::Module twin = rewrite(*rm.original, rm.plan, mesh.tp_rank());
       check_sharding(*rm.original, rm.plan, twin, options, cfg.seed, mesh, chatty);
     }
-    else if (options.verify && chatty)
+    else if (options.verify && chatty && !from)
       std::cout << "check: skipped: the rank archives come without the full model to compare with\n";
   }  // the full model is dropped here
+  const bool planned = !plan.parameters.empty();
+  // TorchScript's profiling executor swaps a method's plan after its first runs (profiled, then
+  // optimized with symbolic-script gradients), and the two round differently: a run resumed from a
+  // checkpoint would start on the first plan where the uninterrupted one is on the second. Training
+  // runs the graph as written, with eager autograd, on every step of every run (this thread only;
+  // planning and the check above ran before it, as the analysis expects).
+  torch::jit::GraphOptimizerEnabledGuard plain_graph(false);
   if (cfg.bf16) model.to(at::kBFloat16);
   model.train();
 
   TokenData data(options.data_path);
+  if (options.shuffle) data.shuffle(static_cast<uint64_t>(cfg.seed));
   const int64_t vocab = rewrite_info(model).vocab;
   if (vocab == 0) throw Error(options.model_path + ": its logits are not split over the vocabulary; autotp train needs a vocab-parallel lm-head");
   if (data.vocab() > vocab)
     throw Error(options.data_path + ": tokens were made for a vocabulary of " + std::to_string(data.vocab()) +
                 " but the model has " + std::to_string(vocab) + "; tokenize with the model's tokenizer");
+  if (chatty && data.truncated(seq) > 0)
+    std::cout << "data: " << data.truncated(seq) << " of " << data.examples() << " examples are longer than --seq " << seq
+              << " + 1 tokens and are cut\n";
+  std::optional<TokenData> eval_data;
+  if (!options.eval_data.empty()) {
+    eval_data.emplace(options.eval_data);
+    if (eval_data->vocab() > vocab)
+      throw Error(options.eval_data + ": tokens were made for a vocabulary of " + std::to_string(eval_data->vocab()) +
+                  " but the model has " + std::to_string(vocab));
+  }
 
-  const std::vector<TrainableParam> params = trainable_params(model);
+  const std::vector<TrainableParam> params = trainable_params(model, cfg.decay_norms_and_biases);
   ZeroOneOptimizer opt(params, mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage, cfg.gradient_clipping);
-  check_tp_peers_agree(mesh.tp_group(), data.batch(0, 0, ga, mesh.dp_rank(), dp, micro, seq));
-  mesh.reset_counts();  // the metrics count training traffic from step 1 on, not the start-up checks
+
+  int64_t start = 0;
+  if (from) {
+    const CheckpointState& st = *from;
+    auto refuse = [&](const std::string& what) { throw Error(from_folder + ": cannot resume: " + what); };
+    if (st.global_batch != micro * ga * dp)
+      refuse("it was trained with a global batch of " + std::to_string(st.global_batch) + " samples (micro " +
+             std::to_string(st.micro_batch) + " x accumulation " + std::to_string(st.grad_accum) + " x dp " + std::to_string(st.dp) +
+             "), this run's is " + std::to_string(micro * ga * dp) + "; choose --micro-batch/--grad-accum so they match");
+    if (st.seq != seq) refuse("it was trained at --seq " + std::to_string(st.seq) + ", this run asks for " + std::to_string(seq));
+    if (st.data_tokens != data.tokens())
+      refuse("it was trained on " + st.data + " (" + std::to_string(st.data_tokens) + " tokens), --data " + options.data_path +
+             " holds " + std::to_string(data.tokens()) + "; resume on the same data");
+    if (st.seed != cfg.seed)
+      refuse("it was trained with seed " + std::to_string(st.seed) + ", the config says " + std::to_string(cfg.seed) +
+             "; the data order depends on it");
+    if (st.step >= options.steps)
+      refuse("it is at step " + std::to_string(st.step) + " already; pass --steps larger than that (the total, not the remainder)");
+    load_checkpoint(from_folder, st, planned ? &plan : nullptr, opt, mesh);
+    start = st.step;
+    if (chatty)
+      std::cout << "resumed from " << from_folder << " at step " << st.step << " (tp " << st.tp << " x dp " << st.dp << " -> tp "
+                << mesh.tp() << " x dp " << dp << "), next lr " << sci(lr_for_update(cfg, start), 3) << "\n";
+  }
+  check_tp_peers_agree(mesh.tp_group(), data.batch(start, 0, ga, mesh.dp_rank(), dp, micro, seq).input);
+  mesh.reset_counts();  // the metrics count training traffic from here on, not the start-up checks
+  Heartbeat heartbeat(mesh);
 
   std::ofstream metrics;
   if (!options.metrics_path.empty() && mesh.rank() == 0) {
-    metrics.open(options.metrics_path);
+    if (from) trim_metrics(options.metrics_path, start);
+    metrics.open(options.metrics_path, from ? std::ios::app : std::ios::trunc);
     if (!metrics) throw Error(options.metrics_path + ": cannot write the metrics file");
   }
   const bool bar = chatty && isatty(fileno(stdout));
+  auto make_request = [&](const std::string& folder, int64_t step, double loss) {
+    SaveRequest req;
+    req.folder = folder;
+    CheckpointState& s = req.state;
+    s.step = step;
+    s.tp = mesh.tp();
+    s.dp = dp;
+    s.world = mesh.world();
+    s.zero_stage = cfg.zero_stage;
+    s.global_batch = micro * ga * dp;
+    s.micro_batch = micro;
+    s.grad_accum = ga;
+    s.seq = seq;
+    s.samples_seen = step * s.global_batch;
+    s.epoch = data.epoch_at(std::max<int64_t>(step - 1, 0), ga, dp, micro, seq);
+    s.seed = cfg.seed;
+    s.bf16 = cfg.bf16;
+    s.data = options.data_path;
+    s.data_tokens = data.tokens();
+    s.loss = loss;
+    req.config_json = cfg.to_json();
+    if (planned) req.plan_json = plan_to_json(plan);
+    return req;
+  };
+  std::string last_saved = from ? from_folder : "";
+  auto save_to = [&](const std::string& folder, int64_t step, double loss) {
+    const auto t0 = std::chrono::steady_clock::now();
+    die_here_if_asked("save", mesh.rank(), step);
+    save_checkpoint(make_request(folder, step, loss), model, opt, mesh);
+    last_saved = folder;
+    if (chatty)
+      std::cout << "saved " << folder << " (step " << step << ", "
+                << std::fixed << std::setprecision(2) << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
+                << " s)\n" << std::defaultfloat;
+  };
+
+  // The held-out loss before training, so the curve has its starting point (not on resume: the
+  // first run recorded it).
+  auto run_eval = [&](int64_t step) {
+    const EvalResult e = evaluate(model, *eval_data, mesh, micro, seq, options.eval_samples);
+    if (chatty)
+      std::cout << "eval  step " << step << "  loss " << std::fixed << std::setprecision(4) << e.loss << "  perplexity "
+                << std::setprecision(2) << std::exp(e.loss) << "  (" << e.tokens << " tokens of " << options.eval_data << ")\n"
+                << std::defaultfloat;
+    if (metrics.is_open())
+      metrics << nlohmann::json{{"step", step}, {"eval_loss", e.loss}, {"eval_perplexity", std::exp(e.loss)}, {"eval_tokens", e.tokens}}
+                     .dump()
+              << "\n" << std::flush;
+  };
+  if (eval_data && !from) run_eval(0);
 
   std::vector<StepMetrics> out;
-  for (int64_t step = 0; step < options.steps; ++step) {
-    const auto t0 = std::chrono::steady_clock::now();
-    double loss_sum = 0;
-    for (int64_t k = 0; k < ga; ++k) {
-      at::Tensor ids = data.batch(step, k, ga, mesh.dp_rank(), dp, micro, seq);
-      at::Tensor input = ids.narrow(1, 0, seq), labels = ids.narrow(1, 1, seq);
-      at::Tensor logits = logits_of(model.forward({input}));
-      at::Tensor loss = vocab_parallel_cross_entropy(logits, labels, -100, "tp", mesh.tp()).mean() / static_cast<double>(ga);
-      torch::autograd::backward({loss});
-      loss_sum += loss.item<double>();
-    }
-    const double lr = lr_for_update(cfg, step);
-    StepStats st = opt.step(lr);
-    opt.zero_grad();
-    at::Tensor l = at::tensor({loss_sum}, at::kDouble);
-    mesh.dp_group().all_reduce(l, c10d::ReduceOp::SUM, "train.metrics");
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::array<CollectiveCount, 3> trained{};
+  int64_t epoch = start > 0 ? data.epoch_at(start - 1, ga, dp, micro, seq) : -1;
+  for (int64_t step = start; step < options.steps; ++step) {
+    try {
+      const int64_t now_epoch = data.epoch_at(step, ga, dp, micro, seq);
+      if (now_epoch != epoch && chatty)
+        std::cout << "epoch " << now_epoch + 1 << " begins at step " << step + 1 << " (" << data.samples(seq)
+                  << " samples per epoch" << (options.shuffle ? ", shuffled" : "") << ")\n";
+      epoch = now_epoch;
+      const auto before = totals(mesh);
+      const auto t0 = std::chrono::steady_clock::now();
+      // The loss is the mean over every counted label of the global batch (token-weighted across
+      // micro-batches and DP ranks, as transformers does since 4.46): each micro-batch contributes
+      // its sum × dp / count, and the DP mean of gradients divides the dp back out.
+      const int64_t counted = std::max<int64_t>(1, data.loss_tokens(step, ga, dp, micro, seq));
+      const double scale = static_cast<double>(dp) / static_cast<double>(counted);
+      double loss_sum = 0;
+      for (int64_t k = 0; k < ga; ++k) {
+        Batch b = data.batch(step, k, ga, mesh.dp_rank(), dp, micro, seq);
+        at::Tensor logits = logits_of(model.forward({b.input}));
+        at::Tensor loss = vocab_parallel_cross_entropy(logits, b.labels, kIgnoreLabel, "tp", mesh.tp()).sum() * scale;
+        die_here_if_asked("step", mesh.rank(), step + 1);
+        torch::autograd::backward({loss});
+        opt.accumulate();
+        loss_sum += loss.item<double>();
+      }
+      const double lr = lr_for_update(cfg, step);
+      StepStats st = opt.step(lr);
+      opt.zero_grad();
+      at::Tensor l = at::tensor({loss_sum}, at::kDouble);
+      mesh.dp_group().all_reduce(l, c10d::ReduceOp::SUM, "train.metrics");
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const auto after = totals(mesh);
+      for (int g = 0; g < 3; ++g) {
+        trained[g].calls += after[g].calls - before[g].calls;
+        trained[g].bytes += after[g].bytes - before[g].bytes;
+      }
 
-    StepMetrics m;
-    m.step = step + 1;
-    m.loss = l.item<double>() / static_cast<double>(dp);
-    m.lr = lr;
-    m.grad_norm = st.grad_norm;
-    m.seconds = seconds;
-    m.tokens_per_s = static_cast<double>(micro * ga * dp * seq) / seconds;
-    auto b = opt.bytes();
-    m.param_bytes = b.params;
-    m.grad_bytes = b.grads;
-    m.optimizer_bytes = b.state;
-    m.tp_bytes = training_traffic(mesh.tp_group());
-    m.dp_bytes = training_traffic(mesh.dp_group());
-    m.world_bytes = training_traffic(mesh.world_group());
-    out.push_back(m);
-    if (metrics.is_open()) metrics << m.json() << "\n" << std::flush;
-    const bool print = chatty && (m.step == 1 || m.step % cfg.steps_per_print == 0 || m.step == options.steps);
-    if (bar) {
-      const int width = 30, done = static_cast<int>(width * m.step / options.steps);
-      std::cout << "\r[" << std::string(done, '#') << std::string(width - done, '.') << "] step " << m.step << "/"
-                << options.steps << " loss " << std::fixed << std::setprecision(4) << m.loss << std::flush;
-      if (print) std::cout << "\n";
+      StepMetrics m;
+      m.step = step + 1;
+      m.epoch = epoch;
+      m.loss = l.item<double>() / static_cast<double>(dp);
+      m.loss_tokens = counted;
+      m.lr = lr;
+      m.grad_norm = st.grad_norm;
+      m.seconds = seconds;
+      m.tokens_per_s = static_cast<double>(micro * ga * dp * seq) / seconds;
+      auto b = opt.bytes();
+      m.param_bytes = b.params;
+      m.grad_bytes = b.grads;
+      m.optimizer_bytes = b.state;
+      m.world_bytes = trained[0];
+      m.tp_bytes = trained[1];
+      m.dp_bytes = trained[2];
+      out.push_back(m);
+      if (metrics.is_open()) metrics << m.json() << "\n" << std::flush;
+      const bool last = m.step == options.steps;
+      const bool print = chatty && (m.step == 1 || m.step % cfg.steps_per_print == 0 || last);
+      if (bar) {
+        const int width = 30, done = static_cast<int>(width * m.step / options.steps);
+        std::cout << "\r[" << std::string(done, '#') << std::string(width - done, '.') << "] step " << m.step << "/"
+                  << options.steps << " loss " << std::fixed << std::setprecision(4) << m.loss << std::flush;
+        if (print) std::cout << "\n";
+      }
+      if (print) {
+        std::cout << std::defaultfloat << "step " << m.step << "/" << options.steps << "  loss " << std::fixed
+                  << std::setprecision(4) << m.loss << "  lr " << std::scientific << std::setprecision(3) << m.lr
+                  << "  grad_norm " << std::fixed << std::setprecision(4) << m.grad_norm << "  tokens/s "
+                  << std::setprecision(1) << m.tokens_per_s << "  per rank: params " << human_bytes(m.param_bytes)
+                  << ", grads " << human_bytes(m.grad_bytes) << ", optimizer " << human_bytes(m.optimizer_bytes)
+                  << "  collectives: tp " << human_bytes(m.tp_bytes.bytes) << ", dp " << human_bytes(m.dp_bytes.bytes)
+                  << "\n" << std::defaultfloat;
+      }
+      // Replicas drift apart silently when a gradient misses its TP reduction: compare them now and
+      // then (every rank decides alike, so every rank of the group joins the all-reduce).
+      if (m.step % cfg.steps_per_print == 0 || last) check_tp_replicas(params, mesh.tp_group(), m.step);
+      if (eval_data && ((options.eval_every > 0 && m.step % options.eval_every == 0) || last)) {
+        run_eval(m.step);
+      }
+      if (!options.save_dir.empty() && ((options.save_every > 0 && m.step % options.save_every == 0) || last)) {
+        const std::string folder = (fs::path(options.save_dir) / ("step-" + std::to_string(m.step))).string();
+        save_to(folder, m.step, m.loss);
+        if (mesh.rank() == 0) commit_latest(options.save_dir, folder, options.keep);
+        mesh.world_group().barrier();
+      }
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      // A collective failed because a peer died (its sockets closed) or went silent past --timeout,
+      // or the model itself failed: the heartbeats tell which.
+      const std::string lost = heartbeat.lost_ranks();
+      if (lost.empty()) throw Error("train: step " + std::to_string(step + 1) + ": " + user_message(e));
+      throw Error("train: rank " + std::to_string(mesh.rank()) + ": step " + std::to_string(step + 1) + " failed: " + lost +
+                  " is lost (" + first_line(e.what()) + "); " +
+                  (last_saved.empty() ? "no checkpoint was written (--save-dir DIR --save-every N keeps one)"
+                                      : "the last complete checkpoint is " + last_saved + "; continue with --resume " +
+                                            (options.save_dir.empty() ? last_saved : options.save_dir)));
     }
-    if (print) {
-      std::cout << std::defaultfloat << "step " << m.step << "/" << options.steps << "  loss " << std::fixed
-                << std::setprecision(4) << m.loss << "  lr " << std::scientific << std::setprecision(3) << m.lr
-                << "  grad_norm " << std::fixed << std::setprecision(4) << m.grad_norm << "  tokens/s "
-                << std::setprecision(1) << m.tokens_per_s << "  per rank: params " << human_bytes(m.param_bytes)
-                << ", grads " << human_bytes(m.grad_bytes) << ", optimizer " << human_bytes(m.optimizer_bytes)
-                << "  collectives: tp " << human_bytes(m.tp_bytes.bytes) << ", dp " << human_bytes(m.dp_bytes.bytes)
-                << "\n" << std::defaultfloat;
-    }
-    // Replicas drift apart silently when a gradient misses its TP reduction: compare them now and
-    // then (every rank decides alike, so every rank of the group joins the all-reduce).
-    if (m.step % cfg.steps_per_print == 0 || m.step == options.steps) check_tp_replicas(params, mesh.tp_group(), m.step);
   }
   if (bar) std::cout << "\n";
 
-  if (!options.out_dir.empty() && mesh.dp_rank() == 0) {
-    std::filesystem::create_directories(options.out_dir);
-    model.save(options.out_dir + "/rank" + std::to_string(mesh.tp_rank()) + ".pt");
-    if (chatty) std::cout << "saved " << options.out_dir << "/rank<r>.pt for r in 0.." << mesh.tp() - 1 << "\n";
-  }
+  if (!options.out_dir.empty()) save_to(options.out_dir, options.steps, out.empty() ? 0.0 : out.back().loss);
   mesh.world_group().barrier();
   return out;
 }

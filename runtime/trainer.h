@@ -3,10 +3,14 @@
 // Every rank: load the TorchScript model, plan it for the config's autotp_size, rewrite it for its
 // TP rank, wrap its parameters in a ZeroOneOptimizer over its DP group, and train on its DP shard of
 // the token file. One optimizer step = gradient_accumulation_steps micro-batches of
-// train_micro_batch_size_per_gpu samples of `seq` tokens; the micro-batch loss is the
-// vocab-parallel cross-entropy (mean over tokens) / gradient_accumulation_steps. The reported loss
-// is the mean over the step's micro-batches and DP ranks, before the update — the loss of the global
-// batch, as a single process training on all of it would report.
+// train_micro_batch_size_per_gpu samples of `seq` tokens. The loss of a step is the mean
+// vocab-parallel cross-entropy over every counted label of the global batch (all micro-batches, all
+// DP ranks; prompt tokens of SFT data and padding do not count), as a single process training on all
+// of it would compute it — token-weighted, as transformers does since 4.46.
+// Checkpoints (runtime/checkpoint.h): --save-dir/--save-every/--keep, --resume, and --out at the end.
+// Evaluation: --eval-data/--eval-every, loss and perplexity without gradients.
+// Failures: a collective that fails names the lost rank (runtime/liveness.h) and the checkpoint to
+// resume from; a worker torchrun restarts resumes from --save-dir's latest by itself.
 #pragma once
 
 #include <string>
@@ -20,8 +24,16 @@ namespace autotp {
 
 struct TrainOptions {
   std::string config_path, model_path, data_path;
-  std::string out_dir;       // empty: no checkpoint
+  std::string out_dir;       // empty: no final checkpoint folder
   std::string metrics_path;  // empty: no JSON lines
+  std::string save_dir;      // checkpoints DIR/step-<N>, DIR/latest; empty: none
+  int64_t save_every = 0;    // steps between checkpoints (0: only after the last step)
+  int64_t keep = 0;          // newest checkpoints kept in save_dir (0: all)
+  std::string resume;        // a checkpoint folder or a save_dir root (its latest)
+  std::string eval_data;     // held-out token file; empty: no evaluation
+  int64_t eval_every = 0;    // steps between evaluations (0: only after the last step)
+  int64_t eval_samples = 0;  // evaluate on the first N samples (0: all)
+  bool shuffle = true;       // shuffle the sample order every epoch (by the config's seed)
   int64_t steps = 20;
   int64_t seq = 64;
   ConfigOverrides overrides;
@@ -33,6 +45,8 @@ struct TrainOptions {
 
 struct StepMetrics {
   int64_t step = 0;  // 1-based
+  int64_t epoch = 0;  // 0-based epoch of the step's first sample
+  int64_t loss_tokens = 0;  // labels the loss averaged over (global batch)
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0;
   int64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
   CollectiveCount tp_bytes, dp_bytes, world_bytes;  // cumulative per group

@@ -1,6 +1,7 @@
 // ZeRO-1 AdamW (see zero_optimizer.h for the layout and the step).
 #include "runtime/zero_optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -40,8 +41,31 @@ ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shar
   }
   master_ = full.narrow(0, begin_, partition_).clone();
   norm_weight_ = weight.narrow(0, begin_, partition_).clone();
+  bool all_decay = true;
+  for (const auto& p : params_) all_decay = all_decay && p.decay;
+  if (!all_decay && opt_.weight_decay != 0) {
+    at::Tensor mask = at::zeros({padded_}, at::TensorOptions().dtype(at::kBool));
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (params_[i].decay) mask.narrow(0, offsets_[i], params_[i].param.numel()).fill_(true);
+    decay_mask_ = mask.narrow(0, begin_, partition_).clone();
+  }
   exp_avg_ = at::zeros({partition_}, f32);
   exp_avg_sq_ = at::zeros({partition_}, f32);
+}
+
+bool ZeroOneOptimizer::low_precision() const {
+  for (const auto& p : params_)
+    if (p.param.scalar_type() != at::kFloat) return true;
+  return false;
+}
+
+void ZeroOneOptimizer::accumulate() {
+  if (!low_precision()) return;  // fp32 gradients accumulate in .grad already, in fp32
+  at::NoGradGuard no_grad;
+  at::Tensor g = flat_grads();
+  if (grad_acc_.defined()) grad_acc_.add_(g);
+  else grad_acc_ = g;
+  zero_grad();
 }
 
 at::Tensor ZeroOneOptimizer::flat_grads() const {
@@ -60,7 +84,9 @@ StepStats ZeroOneOptimizer::step(double lr) {
   const double dp_size = static_cast<double>(dp_->size());
 
   // 1. mean gradient of the owned partition
-  at::Tensor all = flat_grads();
+  accumulate();  // a low-precision micro-batch the caller did not hand over yet
+  at::Tensor all = grad_acc_.defined() ? grad_acc_ : flat_grads();
+  grad_acc_ = at::Tensor();
   at::Tensor grad;
   if (stage_ == 1) {
     grad = at::empty({partition_}, all.options());
@@ -89,7 +115,13 @@ StepStats ZeroOneOptimizer::step(double lr) {
   const double b1 = opt_.beta1, b2 = opt_.beta2;
   const double bc1 = 1 - std::pow(b1, static_cast<double>(step_));
   const double bc2 = 1 - std::pow(b2, static_cast<double>(step_));
-  if (opt_.weight_decay != 0) {
+  if (opt_.weight_decay != 0 && decay_mask_.defined()) {  // norms and biases keep their values
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    if (opt_.decoupled)
+      master_.mul_(at::where(decay_mask_, at::scalar_tensor(1 - lr * opt_.weight_decay, f32), at::scalar_tensor(1.0, f32)));
+    else
+      grad = grad.add(master_ * decay_mask_, opt_.weight_decay);
+  } else if (opt_.weight_decay != 0) {
     if (opt_.decoupled)
       master_.mul_(1 - lr * opt_.weight_decay);
 #if AUTOTP_MUTANT == 5  // mutant (make mutants): decoupled weight decay applied twice
@@ -118,6 +150,49 @@ StepStats ZeroOneOptimizer::step(double lr) {
   return stats;
 }
 
+OptimizerState ZeroOneOptimizer::state() const {
+  return {step_, begin_, flat_, padded_, master_, exp_avg_, exp_avg_sq_};
+}
+
+void ZeroOneOptimizer::load_state(int64_t step, const std::vector<FlatPiece>& pieces) {
+  at::NoGradGuard no_grad;
+  // Coverage of [0, flat_): the pieces sorted by offset must leave no gap.
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (const auto& p : pieces) runs.emplace_back(p.offset, p.offset + p.master.numel());
+  std::sort(runs.begin(), runs.end());
+  int64_t covered = 0;
+  for (const auto& [b, e] : runs) {
+    if (b > covered) break;
+    covered = std::max(covered, e);
+  }
+  if (covered < flat_)
+    throw Error("checkpoint: the optimizer state covers elements [0, " + std::to_string(covered) + ") of this rank's " +
+                std::to_string(flat_) + "; a partition file is missing or was written for another model");
+  // Copies the overlap of [lo, hi) with every piece into dst (indexed from lo).
+  auto copy_range = [&](int64_t lo, int64_t hi, auto&& dst_of) {
+    for (const auto& p : pieces) {
+      const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.master.numel());
+      if (b < e) dst_of(b - lo, e - b, p, b - p.offset);
+    }
+  };
+  master_.zero_();
+  exp_avg_.zero_();
+  exp_avg_sq_.zero_();
+  copy_range(begin_, std::min(begin_ + partition_, flat_), [&](int64_t at, int64_t n, const FlatPiece& p, int64_t from) {
+    master_.narrow(0, at, n).copy_(p.master.narrow(0, from, n));
+    exp_avg_.narrow(0, at, n).copy_(p.exp_avg.narrow(0, from, n));
+    exp_avg_sq_.narrow(0, at, n).copy_(p.exp_avg_sq.narrow(0, from, n));
+  });
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor flat_param = params_[i].param.view({-1});
+    copy_range(offsets_[i], offsets_[i] + flat_param.numel(), [&](int64_t at, int64_t n, const FlatPiece& p, int64_t from) {
+      flat_param.narrow(0, at, n).copy_(p.master.narrow(0, from, n));
+    });
+  }
+  step_ = step;
+  grad_acc_ = at::Tensor();
+}
+
 void ZeroOneOptimizer::zero_grad() {
   for (auto& p : params_) p.param.mutable_grad() = at::Tensor();
 }
@@ -132,6 +207,7 @@ OptimizerBytes ZeroOneOptimizer::bytes() const {
     b.params += p.param.numel() * p.param.element_size();
     b.grads += p.param.numel() * p.param.element_size();  // gradients match their parameter
   }
+  if (low_precision()) b.grads += padded_ * static_cast<int64_t>(sizeof(float));  // the fp32 accumulation buffer
   return b;
 }
 

@@ -12,8 +12,13 @@
 //   2. global gradient norm over TP×DP: squares of the owned partition summed over dp, then over tp,
 //      with a replicated parameter's elements weighted 1/tp so each counts once, shards once each;
 //   3. clip as torch::nn::utils::clip_grad_norm_ does (coef = clip/(norm+1e-6), at most 1);
-//   4. update the owned partition exactly as torch::optim::AdamW (decoupled decay) or Adam (L2);
+//   4. update the owned partition exactly as torch::optim::AdamW (decoupled decay) or Adam (L2),
+//      weight decay only where TrainableParam::decay (not norms and biases, as transformers' Trainer);
 //   5. all-gather the updated partitions over dp and copy them into the model (cast to its dtype).
+// Low-precision (bf16) weights: accumulate() after each micro-batch's backward moves their gradients
+// into one fp32 buffer (4·Ψ_rank bytes), so accumulation over micro-batches rounds in fp32, not bf16.
+// Checkpoints: state() is this rank's partition; load_state() takes pieces of the whole flat vector
+// (from any old DP layout) and copies its partition and every parameter from them.
 #pragma once
 
 #include <string>
@@ -30,6 +35,21 @@ struct TrainableParam {
   std::string name;
   at::Tensor param;       // the model's tensor (fp32 or bf16); updated in place
   bool tp_split = false;  // a shard over the TP group; otherwise replicated across it
+  bool decay = true;      // weight decay applies (false: norms and biases)
+};
+
+// One contiguous run [offset, offset + master.numel()) of a rank's flat fp32 optimizer vector.
+struct FlatPiece {
+  int64_t offset = 0;
+  at::Tensor master, exp_avg, exp_avg_sq;
+};
+
+// This rank's partition of the optimizer state, for a checkpoint.
+struct OptimizerState {
+  int64_t step = 0;        // updates done (Adam's bias correction count)
+  int64_t begin = 0;       // partition offset in the padded flat vector
+  int64_t flat = 0, padded = 0;
+  at::Tensor master, exp_avg, exp_avg_sq;  // [partition] fp32
 };
 
 struct OptimizerBytes {
@@ -51,13 +71,25 @@ class ZeroOneOptimizer {
   ZeroOneOptimizer(std::vector<TrainableParam> params, std::shared_ptr<Group> dp, std::shared_ptr<Group> tp,
                    const OptimizerConfig& options, int zero_stage, double gradient_clipping);
 
+  // After each micro-batch's backward (every micro-batch, before step()).
+  void accumulate();
   StepStats step(double lr);
   void zero_grad();
   OptimizerBytes bytes() const;
   int64_t steps() const { return step_; }
+  const std::vector<TrainableParam>& params() const { return params_; }
+  const std::vector<int64_t>& offsets() const { return offsets_; }
+  int64_t flat() const { return flat_; }
+
+  OptimizerState state() const;
+  // Resumes at `step` updates from pieces that together cover [0, flat()) of this rank's flat vector
+  // (they may overlap; later pieces win): its partition of masters and moments, and every parameter
+  // (cast to its dtype) from the masters. No collective. Throws autotp::Error on a gap.
+  void load_state(int64_t step, const std::vector<FlatPiece>& pieces);
 
  private:
   at::Tensor flat_grads() const;
+  bool low_precision() const;
 
   std::vector<TrainableParam> params_;
   std::vector<int64_t> offsets_;
@@ -66,7 +98,8 @@ class ZeroOneOptimizer {
   int stage_;
   double clip_;
   int64_t flat_ = 0, padded_ = 0, begin_ = 0, partition_ = 0;
-  at::Tensor master_, exp_avg_, exp_avg_sq_, norm_weight_;
+  at::Tensor master_, exp_avg_, exp_avg_sq_, norm_weight_, decay_mask_;
+  at::Tensor grad_acc_;  // fp32 gradient accumulation for low-precision weights (else undefined)
   int64_t step_ = 0;
 };
 

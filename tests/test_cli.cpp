@@ -69,7 +69,7 @@ TEST(Cli, ErrorsAreOneLineAndExitNonZero) {
            {"inspect " + fixture("llama_gqa") + " --tp two", "autotp: error: --tp expects an integer, got 'two'\n"},
            {"inspect " + fixture("llama_gqa") + " --tp 0", "autotp: error: --tp must be a positive integer, got 0\n"},
            {"inspect " + fixture("llama_gqa") + " --tpp 2", "autotp: error: inspect: unknown option '--tpp'; options are --tp N and --json\n"},
-           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect, rewrite, verify, check, train\n"},
+           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect, rewrite, verify, check, train, merge\n"},
            {"inspect " + fixture("mistral") + " --tp 4 --json",
             "autotp: error: " + fixture("mistral") +
                 ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "

@@ -486,6 +486,22 @@ TEST(Config, ZeroStage2IsRefusedInTheTrainersWordsAndZero3AloneIsNot) {
   EXPECT_EQ(p[0].message, "autotp does not run ZeRO-3; use stage 1 (ZeRO-3 needs DeepSpeed itself)");
 }
 
+// autotp's own key: weight decay on norms and biases too (default off, as transformers' Trainer);
+// it reads back from the resolved JSON and `check` says which parameters decay.
+TEST(Config, DecayNormsAndBiasesIsAnAutotpKey) {
+  const std::string decayed = R"({"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.1}})";
+  TrainConfig off = autotp::parse_config_text(decayed + "}", "t");
+  EXPECT_FALSE(off.decay_norms_and_biases);
+  EXPECT_NE(autotp::check_report(off).find("weight_decay 0.1 (decoupled weight decay), not on norms and biases"), std::string::npos);
+  TrainConfig on = autotp::parse_config_text(decayed + R"(, "decay_norms_and_biases": true})", "t");
+  EXPECT_TRUE(on.decay_norms_and_biases);
+  EXPECT_NE(autotp::check_report(on).find(", on every parameter"), std::string::npos);
+  EXPECT_TRUE(autotp::parse_config_text(on.to_json(), "again").decay_norms_and_biases);
+  auto bad = autotp::validate_config_text(with(R"("decay_norms_and_biases": "yes")"), "t.json");
+  ASSERT_EQ(bad.problems.size(), 1u);
+  EXPECT_EQ(bad.problems[0].path, "decay_norms_and_biases");
+}
+
 TEST(Config, NestedTpSizeEqualToAutotpSizeIsFine) {
   auto r = autotp::validate_config_text(
       with(R"("tensor_parallel": {"autotp_size": 2, "tp": {"tp_size": 2}, "tp_overlap_comm": false})"), "t", world(2));
@@ -613,7 +629,8 @@ TEST(Config, CheckReportSaysMeshBatchOptimizerScheduleAndZero) {
            "  mesh       tp 2 x dp 2 = world 4",
            "  batch      16 samples per optimizer step = micro 4 x grad_accum 2 x dp 2\n",
            "would call this train_batch_size 32)",
-           "  optimizer  AdamW lr 0.0003, betas (0.9, 0.95), eps 1e-08, weight_decay 0.1 (decoupled weight decay)\n",
+           "  optimizer  AdamW lr 0.0003, betas (0.9, 0.95), eps 1e-08, weight_decay 0.1 (decoupled weight decay), not on "
+           "norms and biases (1-D parameters)\n",
            "  schedule   WarmupCosineLR: linear warmup over 100 steps from 0 x lr to lr 0.0003, cosine to 0.1 x lr at "
            "step 1000\n",
            "  ZeRO       stage 1: fp32 master weights and Adam moments partitioned over dp 2",

@@ -1,5 +1,5 @@
-// TokenData::batch against sample indices worked out by hand from the documented layout
-// (runtime/token_data.h, README "Data"): sample i is tokens [i·S, i·S + S + 1); DP rank j of step t,
+// TokenData::batch of version-1 stream files against sample indices worked out by hand from the
+// documented layout (runtime/token_data.h): sample i is tokens [i·S, i·S + S + 1); DP rank j of step t,
 // accumulation step k reads global samples ((t·GA + k)·dp + j)·micro + i, wrapping around the
 // file's (N - 1) / S whole samples. The token files hold base, base + 1, ..., so every id *is* its
 // position (plus base): a wrong sample index shows as a wrong first id. TP peers read the same batch
@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <string>
 #include <unistd.h>
@@ -37,17 +38,22 @@ struct Case {
   std::vector<int64_t> first_ids;
 };
 
-// Asserts the batch's shape, each row's first id, and that each row is seq + 1 consecutive ids.
+// Asserts the batch's shapes, each row's first id, and that each row's input is seq consecutive ids
+// and its labels the same shifted by one.
 void expect_batch(const autotp::TokenData& data, const Case& c, int64_t base) {
   SCOPED_TRACE(c.why);
-  at::Tensor b = data.batch(c.step, c.accum, c.grad_accum, c.dp_rank, c.dp, c.micro, c.seq);
-  ASSERT_EQ(b.scalar_type(), at::kLong);
-  ASSERT_EQ(b.sizes(), (std::vector<int64_t>{c.micro, c.seq + 1}));
+  autotp::Batch b = data.batch(c.step, c.accum, c.grad_accum, c.dp_rank, c.dp, c.micro, c.seq);
+  ASSERT_EQ(b.input.scalar_type(), at::kLong);
+  ASSERT_EQ(b.labels.scalar_type(), at::kLong);
+  ASSERT_EQ(b.input.sizes(), (std::vector<int64_t>{c.micro, c.seq}));
+  ASSERT_EQ(b.labels.sizes(), (std::vector<int64_t>{c.micro, c.seq}));
   ASSERT_EQ(static_cast<int64_t>(c.first_ids.size()), c.micro);
   for (int64_t i = 0; i < c.micro; ++i) {
-    EXPECT_EQ(b[i][0].item<int64_t>(), base + c.first_ids[i]) << "row " << i;
-    for (int64_t t = 0; t <= c.seq; ++t)
-      ASSERT_EQ(b[i][t].item<int64_t>(), base + c.first_ids[i] + t) << "row " << i << " position " << t;
+    EXPECT_EQ(b.input[i][0].item<int64_t>(), base + c.first_ids[i]) << "row " << i;
+    for (int64_t t = 0; t < c.seq; ++t) {
+      ASSERT_EQ(b.input[i][t].item<int64_t>(), base + c.first_ids[i] + t) << "row " << i << " position " << t;
+      ASSERT_EQ(b.labels[i][t].item<int64_t>(), base + c.first_ids[i] + t + 1) << "row " << i << " position " << t;
+    }
   }
 }
 
@@ -115,8 +121,8 @@ TEST(TokenData, OneStepReadsEachOfItsSamplesOnce) {
   std::vector<int64_t> firsts;
   for (int64_t k = 0; k < ga; ++k)
     for (int64_t j = 0; j < dp; ++j) {
-      at::Tensor b = data.batch(step, k, ga, j, dp, micro, seq);
-      for (int64_t i = 0; i < micro; ++i) firsts.push_back(b[i][0].item<int64_t>());
+      autotp::Batch b = data.batch(step, k, ga, j, dp, micro, seq);
+      for (int64_t i = 0; i < micro; ++i) firsts.push_back(b.input[i][0].item<int64_t>());
     }
   std::vector<int64_t> want;
   for (int64_t s = 36; s < 48; ++s) want.push_back(s * seq);  // samples 36..47, in (k, j, i) order
@@ -134,6 +140,64 @@ TEST(TokenData, TooFewTokensForOneSampleIsOneLine) {
     EXPECT_EQ(std::string(e.what()), path + ": 4 tokens do not make one sample of 5 tokens; use a shorter --seq or more data");
   }
   std::filesystem::remove(path);
+}
+
+// Patches `bytes` at `at` into a written file: how each broken file below is made from a good one.
+void patch(const std::string& path, std::streamoff at, const std::string& bytes) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(at);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string open_error(const std::string& path) {
+  try {
+    autotp::TokenData data(path);
+  } catch (const autotp::Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// A version-2 file of 10 tokens (ids 0..9, vocab 100) with a mask and examples [0, 4), [4, 6),
+// [6, 10): 48 header + 20 ids + 10 mask + 4·8 offsets = 110 bytes, the offsets from byte 78.
+std::string examples_file(const std::string& name) {
+  autotp::TokenFileV2 f;
+  for (int i = 0; i < 10; ++i) f.tokens.push_back(i);
+  f.vocab = 100;
+  f.mask.assign(10, 1);
+  f.example_offsets = {0, 4, 6, 10};
+  const std::string path = testing::TempDir() + "autotp_bad_" + name + "_" + std::to_string(getpid()) + ".tokens";
+  autotp::write_token_file(path, f);
+  return path;
+}
+
+// Each broken file is refused at open with one line that names the file and what is wrong.
+TEST(TokenData, BrokenFilesAreOneLineErrorsNamingTheFile) {
+  const std::string magic = examples_file("magic");
+  patch(magic, 0, "NOTTOKS2");
+  EXPECT_EQ(open_error(magic), magic + ": not an autotp token file (magic ATPTOKS1 or ATPTOKS2 expected); write one with "
+                                       "scripts/tokenize_data.py");
+
+  const std::string cut = examples_file("cut");
+  std::filesystem::resize_file(cut, 107);
+  EXPECT_EQ(open_error(cut), cut + ": header promises 10 tokens, their mask and 4 example offsets (110 bytes) but the file holds 107 bytes");
+  const std::string cut1 = positions_file(10, 0, 100);
+  std::filesystem::resize_file(cut1, 47);  // 32 + 20 bytes written
+  EXPECT_EQ(open_error(cut1), cut1 + ": header promises 10 tokens (52 bytes) but the file holds 47 bytes (7 tokens)");
+
+  const std::string id = positions_file(10, 0, 100);
+  patch(id, 32 + 2 * 7, std::string("\x96\x00", 2));  // token 7 := 150
+  EXPECT_EQ(open_error(id), id + ": token 7 is id 150, outside the vocabulary of 100 the header declares");
+
+  const std::string order = examples_file("order");
+  patch(order, 78 + 8 * 2, std::string("\x03\0\0\0\0\0\0\0", 8));  // example 2 starts at 3, before 4
+  EXPECT_EQ(open_error(order), order + ": example offsets out of order: example 2 starts at token 3, before example 1 at 4");
+
+  for (const std::string& p : {magic, cut, cut1, id, order}) {
+    EXPECT_EQ(open_error(p).find('\n'), std::string::npos);
+    std::filesystem::remove(p);
+  }
+  EXPECT_EQ(open_error(examples_file("good")), "no error");
 }
 
 }  // namespace

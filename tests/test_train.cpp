@@ -104,7 +104,7 @@ Workspace workspace(int tp, int dp, const std::string& model = kModel) {
 // `autotp train ARGS` on `nproc` processes under torchrun.
 autotp_test::CliRun torchrun_train(int nproc, const std::string& args) {
   return run_command(std::string(AUTOTP_VENV_BIN) + "/torchrun --standalone --nproc_per_node " + std::to_string(nproc) +
-                     " --no-python " + AUTOTP_CLI + " train " + args);
+                     " --no-python " + AUTOTP_CLI + " train --no-shuffle " + args);
 }
 
 // The --metrics file: one JSON object per step.
@@ -188,18 +188,38 @@ Reference reference_run(const Workspace& w, int dp, const std::string& model = k
   std::set<const void*> seen;  // a tied weight is one tensor under two names: one optimizer entry
   for (const auto& p : module.parameters(true))
     if (seen.insert(p.unsafeGetTensorImpl()).second) params.push_back(p);
-  // LibTorch's own optimizers: AdamW (decoupled decay), or Adam (L2) for "Adam" with adam_w_mode false.
+  // LibTorch's own optimizers: AdamW (decoupled decay), or Adam (L2) for "Adam" with adam_w_mode false,
+  // in two groups as transformers' Trainer builds them: weight decay on matrices, none on norm weights
+  // and biases (named here by what they are in these models, not by autotp's shape rule).
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : params) {
+    bool is_norm_or_bias = false;
+    for (const auto& np : module.named_parameters(true))
+      if (np.value.is_same(p))
+        is_norm_or_bias = np.name.find("norm") != std::string::npos || np.name.find("bias") != std::string::npos;
+    (is_norm_or_bias ? no_decay : decay).push_back(p);
+  }
   std::unique_ptr<torch::optim::Optimizer> adamw;
+  auto groups = [&](auto make) {
+    std::vector<torch::optim::OptimizerParamGroup> g;
+    g.emplace_back(decay, make(cfg.optimizer.weight_decay));
+    if (!no_decay.empty()) g.emplace_back(no_decay, make(0.0));
+    return g;
+  };
   if (cfg.optimizer.decoupled)
-    adamw = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(cfg.optimizer.lr)
+    adamw = std::make_unique<torch::optim::AdamW>(groups([&](double wd) {
+      return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(cfg.optimizer.lr)
                                                               .betas({cfg.optimizer.beta1, cfg.optimizer.beta2})
                                                               .eps(cfg.optimizer.eps)
-                                                              .weight_decay(cfg.optimizer.weight_decay));
+                                                              .weight_decay(wd));
+    }));
   else
-    adamw = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(cfg.optimizer.lr)
+    adamw = std::make_unique<torch::optim::Adam>(groups([&](double wd) {
+      return std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(cfg.optimizer.lr)
                                                              .betas({cfg.optimizer.beta1, cfg.optimizer.beta2})
                                                              .eps(cfg.optimizer.eps)
-                                                             .weight_decay(cfg.optimizer.weight_decay));
+                                                             .weight_decay(wd));
+    }));
   const std::vector<int64_t> ids = read_token_ids(w.data);
   Reference ref;
   ref.lr = lrs;

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
+#include "autotp/error.h"
 #include "autotp/mesh.h"
 #include "runtime/zero_optimizer.h"
 
@@ -52,6 +53,83 @@ TEST(ZeroOptimizer, Bf16WeightsStepExactlyWhenTheFp32MasterCrossesARoundingBound
   for (int s = 1; s < 5; ++s) EXPECT_EQ(seen[s], 1.0f - 1.0f / 256) << "step " << s + 1;
   for (int s = 5; s < 9; ++s) EXPECT_EQ(seen[s], 1.0f - 2.0f / 256) << "step " << s + 1;
   EXPECT_EQ(seen[9], 1.0f - 3.0f / 256) << "step 10";
+}
+
+}  // namespace
+
+namespace {
+
+std::shared_ptr<autotp::Mesh> one_rank_mesh() {
+  autotp::MeshOptions mo;
+  mo.tp = 1;
+  return autotp::Mesh::create(c10::make_intrusive<c10d::HashStore>(), 0, 1, mo);
+}
+
+// bf16 weights: two micro-batches' gradients 1 and 2^-9 sum to 1 + 2^-9 in fp32 but to 1 in bf16
+// (its unit at 1 is 2^-7). accumulate() after each backward keeps the fp32 sum: the global norm of
+// four such elements is exactly 2·(1 + 2^-9); bf16 accumulation would give 2.
+TEST(ZeroOptimizer, Bf16GradientsAccumulateInFp32AcrossMicroBatches) {
+  auto mesh = one_rank_mesh();
+  at::Tensor w = at::ones({4}, at::kBFloat16).set_requires_grad(true);
+  autotp::OptimizerConfig oc;
+  oc.lr = 1e-3;
+  autotp::ZeroOneOptimizer opt({{"w", w, false}}, mesh->find("dp"), mesh->find("tp"), oc, 1, /*clip=*/0.0);
+  EXPECT_EQ((at::ones({1}, at::kBFloat16) + std::ldexp(1.0, -9)).item<float>(), 1.0f) << "bf16 would lose it";
+  w.mutable_grad() = at::full({4}, 1.0, at::kBFloat16);
+  opt.accumulate();
+  EXPECT_FALSE(w.grad().defined()) << "handed over: the next backward starts from nothing";
+  w.mutable_grad() = at::full({4}, std::ldexp(1.0, -9), at::kBFloat16);
+  opt.accumulate();
+  const autotp::StepStats st = opt.step(1e-3);
+  EXPECT_EQ(st.grad_norm, 2.0 * (1.0 + std::ldexp(1.0, -9)));
+  // The buffer is part of the gradient bytes: 4 fp32 elements besides the 4 bf16 ones.
+  EXPECT_EQ(opt.bytes().grads, 4 * 2 + 4 * 4);
+}
+
+// Decoupled weight decay acts on matrices only (decay = false for norm weights and biases): with a
+// zero gradient Adam's step is 0, so after one update at lr 0.1 and decay 0.5 the matrix is
+// exactly 1 - 0.05 and the vector untouched.
+TEST(ZeroOptimizer, WeightDecaySkipsParametersMarkedNoDecay) {
+  auto mesh = one_rank_mesh();
+  at::Tensor m = at::ones({2, 3}).set_requires_grad(true), v = at::ones({3}).set_requires_grad(true);
+  autotp::OptimizerConfig oc;
+  oc.lr = 0.1;
+  oc.weight_decay = 0.5;
+  autotp::ZeroOneOptimizer opt({{"m", m, false, true}, {"v", v, false, false}}, mesh->find("dp"), mesh->find("tp"), oc, 1, 0.0);
+  m.mutable_grad() = at::zeros({2, 3});
+  v.mutable_grad() = at::zeros({3});
+  opt.step(0.1);
+  EXPECT_TRUE(at::equal(m, at::full({2, 3}, static_cast<float>(1 - 0.1 * 0.5))));
+  EXPECT_TRUE(at::equal(v, at::ones({3})));
+}
+
+// state() / load_state(): a second optimizer loaded from the first's state (in two pieces, as two
+// DP partitions would be) steps exactly as the first does.
+TEST(ZeroOptimizer, LoadStateContinuesBitForBit) {
+  auto mesh = one_rank_mesh();
+  autotp::OptimizerConfig oc;
+  oc.lr = 1e-2;
+  oc.weight_decay = 0.1;
+  at::Tensor a = at::randn({5, 3}).set_requires_grad(true), b = a.detach().clone().set_requires_grad(true);
+  autotp::ZeroOneOptimizer first({{"a", a, false}}, mesh->find("dp"), mesh->find("tp"), oc, 1, 1.0);
+  for (int s = 0; s < 3; ++s) {
+    a.mutable_grad() = at::randn({5, 3});
+    first.step(1e-2);
+  }
+  const autotp::OptimizerState st = first.state();
+  b.detach().zero_();  // the loaded parameters come from the masters, not from b
+  autotp::ZeroOneOptimizer second({{"b", b, false}}, mesh->find("dp"), mesh->find("tp"), oc, 1, 1.0);
+  second.load_state(st.step, {{0, st.master.narrow(0, 0, 7), st.exp_avg.narrow(0, 0, 7), st.exp_avg_sq.narrow(0, 0, 7)},
+                              {7, st.master.narrow(0, 7, 8), st.exp_avg.narrow(0, 7, 8), st.exp_avg_sq.narrow(0, 7, 8)}});
+  EXPECT_TRUE(at::equal(a, b));
+  at::Tensor g = at::randn({5, 3});
+  a.mutable_grad() = g.clone();
+  b.mutable_grad() = g.clone();
+  first.step(1e-2);
+  second.step(1e-2);
+  EXPECT_TRUE(at::equal(a, b));
+  EXPECT_THROW(second.load_state(1, {{0, st.master.narrow(0, 0, 7), st.exp_avg.narrow(0, 0, 7), st.exp_avg_sq.narrow(0, 0, 7)}}),
+               autotp::Error);
 }
 
 }  // namespace

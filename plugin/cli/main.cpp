@@ -4,6 +4,7 @@
 //   autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X]
 //   autotp check   CONFIG.json [--world-size W]
 //   autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--no-verify] ...
+//   autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -30,7 +31,10 @@ const char* kUsage =
     "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]\n"
     "       autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--seq S] [--out DIR]\n"
     "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]\n"
+    "                      [--save-dir DIR [--save-every N] [--keep K]] [--resume DIR] [--no-shuffle]\n"
+    "                      [--eval-data F.tokens [--eval-every N] [--eval-samples N]] [--timeout SECONDS]\n"
     "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param]\n"
+    "       autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]\n"
     "  inspect  plan tensor parallelism for a TorchScript model: placement of every parameter,\n"
     "           sizes to rescale, collectives to insert, bytes per rank, valid tp sizes.\n"
     "           --tp defaults to the largest valid tp <= 8.\n"
@@ -45,7 +49,14 @@ const char* kUsage =
     "  train    AutoTP + ZeRO-1 training; launch with torchrun (torchrun --nproc_per_node N --no-python\n"
     "           build/autotp train ...); without torchrun it runs as one rank. Before step 1 each rank\n"
     "           checks its sharded model against the unsharded one on one small batch (--no-verify\n"
-    "           skips it); replicated parameters are compared across TP every steps_per_print steps.\n";
+    "           skips it); replicated parameters are compared across TP every steps_per_print steps.\n"
+    "           --save-dir DIR writes DIR/step-<N>/ (weights, ZeRO partitions, schedule and data position,\n"
+    "           RNG) atomically every --save-every steps and after the last; --resume DIR continues bit\n"
+    "           for bit (another dp or tp: re-partitioned). --eval-data reports held-out loss.\n"
+    "  merge    the rank archives in SRC (rank0.pt.., or a checkpoint root whose file `latest` names them)\n"
+    "           back as one Hugging Face folder: model.safetensors (sharded above --max-shard-size),\n"
+    "           tied weights once, vocab padding stripped; config and tokenizer files when the model was\n"
+    "           exported with scripts/export_hf.py. --dtype defaults to the archive's.\n";
 
 // "--flag 12": the whole text must be the number.
 template <typename T>
@@ -225,6 +236,7 @@ int cmd_check(const std::vector<std::string>& args) {
 //              [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]
 int cmd_train(const std::vector<std::string>& args) {
   autotp::TrainOptions o;
+  int64_t timeout_s = 600;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--config") o.config_path = value_of(args, i, "configs/zero1_tp2.json");
@@ -239,10 +251,22 @@ int cmd_train(const std::vector<std::string>& args) {
     else if (a == "--lr") o.overrides.lr = parse_double(a, value_of(args, i, "3e-4"));
     else if (a == "--quiet") o.quiet = true;
     else if (a == "--no-verify") o.verify = false;
+    else if (a == "--save-dir") o.save_dir = value_of(args, i, "DIR");
+    else if (a == "--save-every") o.save_every = parse_int(a, value_of(args, i, "100"));
+    else if (a == "--keep") o.keep = parse_int(a, value_of(args, i, "3"));
+    else if (a == "--resume") o.resume = value_of(args, i, "DIR");
+    else if (a == "--eval-data") o.eval_data = value_of(args, i, "EVAL.tokens");
+    else if (a == "--eval-every") o.eval_every = parse_int(a, value_of(args, i, "50"));
+    else if (a == "--eval-samples") o.eval_samples = parse_int(a, value_of(args, i, "256"));
+    else if (a == "--no-shuffle") o.shuffle = false;
+    else if (a == "--timeout") timeout_s = parse_int(a, value_of(args, i, "600"));
     else
       throw autotp::Error("train: unknown argument '" + a + "'; usage: autotp train --config C.json --model M.pt --data D.tokens "
-                          "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]");
+                          "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify] "
+                          "[--save-dir DIR --save-every N --keep K] [--resume DIR] [--eval-data F --eval-every N --eval-samples N] "
+                          "[--no-shuffle] [--timeout SECONDS]");
   }
+  if (timeout_s < 1) throw autotp::Error("train: --timeout must be at least 1 second");
   if (o.config_path.empty() || o.model_path.empty() || o.data_path.empty())
     throw autotp::Error("train: --config, --model and --data are required; usage: autotp train --config C.json --model M.pt --data D.tokens");
   if (o.seq < 1) throw autotp::Error("train: --seq must be at least 1");
@@ -251,6 +275,7 @@ int cmd_train(const std::vector<std::string>& args) {
   autotp::TrainConfig cfg = autotp::load_train_config(o, world);
   autotp::MeshOptions mo;
   mo.tp = static_cast<int>(cfg.tp);
+  mo.timeout = std::chrono::seconds(timeout_s);  // every collective and the store
   std::shared_ptr<autotp::Mesh> mesh;
   if (ws) {
     mesh = autotp::init_mesh_from_env(mo);
@@ -259,6 +284,28 @@ int cmd_train(const std::vector<std::string>& args) {
     autotp::set_process_mesh(mesh);
   }
   autotp::train(o, *mesh);
+  return 0;
+}
+
+// autotp merge SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]
+int cmd_merge(const std::vector<std::string>& args) {
+  autotp::MergeOptions o;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--out") o.out = value_of(args, i, "HF_DIR");
+    else if (a == "--dtype") o.dtype = value_of(args, i, "bf16");
+    else if (a == "--max-shard-size") o.max_shard_bytes = autotp::parse_size(value_of(args, i, "5GB"));
+    else if (a.rfind("--", 0) == 0)
+      throw autotp::Error("merge: unknown option '" + a + "'; options are --out HF_DIR, --dtype fp32|bf16, --max-shard-size SIZE");
+    else if (o.source.empty()) o.source = a;
+    else throw autotp::Error("merge: one source folder expected, got '" + o.source + "' and '" + a + "'");
+  }
+  if (o.source.empty() || o.out.empty())
+    throw autotp::Error("merge: usage: autotp merge SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]");
+  autotp::MergeReport rep = autotp::merge_to_hf(o);
+  std::cout << "merged " << rep.tp << " ranks from " << rep.ranks_dir << ": " << rep.tensors << " tensors, " << rep.bytes
+            << " bytes\n";
+  for (const auto& f : rep.files) std::cout << "wrote " << o.out << "/" << f << "\n";
   return 0;
 }
 
@@ -278,7 +325,8 @@ int main(int argc, char** argv) {
     if (cmd == "verify") return cmd_verify(rest);
     if (cmd == "check") return cmd_check(rest);
     if (cmd == "train") return cmd_train(rest);
-    throw autotp::Error("unknown command '" + cmd + "'; commands: inspect, rewrite, verify, check, train");
+    if (cmd == "merge") return cmd_merge(rest);
+    throw autotp::Error("unknown command '" + cmd + "'; commands: inspect, rewrite, verify, check, train, merge");
   } catch (const autotp::Error& e) {
     std::cerr << "autotp: error: " << e.what() << "\n";
     return 1;

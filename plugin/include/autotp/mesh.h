@@ -103,8 +103,11 @@ class Mesh {
   std::string stats_table() const;
   std::string stats_json() const;
   void reset_counts();
+  // The store the groups rendezvoused on (for liveness keys: runtime/liveness.h).
+  const c10::intrusive_ptr<c10d::Store>& store() const { return store_; }
 
  private:
+  c10::intrusive_ptr<c10d::Store> store_;
   int rank_ = 0, world_ = 1;
   c10::DeviceType device_ = c10::DeviceType::CPU;
   std::shared_ptr<Group> world_group_, tp_, dp_;

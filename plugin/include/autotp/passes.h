@@ -8,6 +8,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/csrc/jit/api/module.h>
@@ -38,12 +39,15 @@ TpPlan check_plan(const torch::jit::Module& module, const TpPlan& edited, const 
 torch::jit::Module rewrite(const torch::jit::Module& module, const TpPlan& plan, int tp_rank);
 
 // What rewrite() recorded on the module (attributes autotp_tp, autotp_tp_rank, autotp_vocab,
-// autotp_split).
+// autotp_split, autotp_layout).
 struct RewriteInfo {
   int tp = 0;             // 0: not a rewritten module
   int tp_rank = 0;
   int64_t vocab = 0;      // full vocabulary when the logits are vocab-split, else 0
   std::vector<std::string> split;  // names of the parameters that are TP shards (all names of tied ones)
+  // The plan's parameters as autotp_layout records them (name, aliases, full shape, dtype, placement,
+  // split_dim, segments, padded; no reasons or bytes); empty for archives written before it existed.
+  std::vector<ParamPlan> params;
 };
 RewriteInfo rewrite_info(const torch::jit::Module& module);
 
@@ -52,6 +56,12 @@ RewriteInfo rewrite_info(const torch::jit::Module& module);
 at::Tensor shard_of(const at::Tensor& full, const ParamPlan& p, int tp, int rank);
 // The whole tensor from every rank's part, in rank order (the inverse of shard_of).
 at::Tensor assemble(const std::vector<at::Tensor>& parts, const ParamPlan& p);
+
+// The full parameters of a model from all of its rank modules (tp_rank order, as rewrite() made
+// them): each split parameter assembled by the recorded layout (vocab padding stripped), replicated
+// ones from rank 0, tied tensors once under their first name; in the plan's parameter order.
+// Throws autotp::Error when ranks are missing, duplicated or come from different plans.
+std::vector<std::pair<std::string, at::Tensor>> merge_ranks(const std::vector<torch::jit::Module>& ranks);
 
 // The logits a model's forward returned: the tensor itself, or the first tensor of a tuple/list
 // (Hugging Face models exported with return_dict=False). Throws autotp::Error when there is none.
