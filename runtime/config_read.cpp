@@ -547,7 +547,7 @@ void read_schedule_params(Ctx& ctx, SchedulerConfig& s, const ScheduleName& kind
     if (!owners.empty()) {
       ctx.add(where, "not a parameter of " + std::string(kind.name) + " (it belongs to " + owners + ")");
     } else if (key == "last_batch_iteration") {
-      ctx.add(where, "resuming is done from a checkpoint, which restores the schedule position: delete it");
+      ctx.add(where, "autotp train --resume DIR restores the schedule position from a checkpoint (--save-dir DIR writes them): delete it");
     } else {
       auto near = closest(key, kind.params);
       ctx.add(where, "unknown " + std::string(kind.name) + " parameter" + (near ? "; did you mean " + *near + "?" : ""));

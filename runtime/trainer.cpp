@@ -238,6 +238,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
 
   std::ofstream metrics;
   if (!options.metrics_path.empty() && mesh.rank() == 0) {
+    if (const fs::path parent = fs::path(options.metrics_path).parent_path(); !parent.empty()) fs::create_directories(parent);
     if (from) trim_metrics(options.metrics_path, start);
     metrics.open(options.metrics_path, from ? std::ios::app : std::ios::trunc);
     if (!metrics) throw Error(options.metrics_path + ": cannot write the metrics file");

@@ -69,7 +69,7 @@ TEST(Cli, ErrorsAreOneLineAndExitNonZero) {
            {"inspect " + fixture("llama_gqa") + " --tp two", "autotp: error: --tp expects an integer, got 'two'\n"},
            {"inspect " + fixture("llama_gqa") + " --tp 0", "autotp: error: --tp must be a positive integer, got 0\n"},
            {"inspect " + fixture("llama_gqa") + " --tpp 2", "autotp: error: inspect: unknown option '--tpp'; options are --tp N and --json\n"},
-           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect, rewrite, verify, check, train, merge\n"},
+           {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect, rewrite, verify, check, train, merge, plan\n"},
            {"inspect " + fixture("mistral") + " --tp 4 --json",
             "autotp: error: " + fixture("mistral") +
                 ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "
@@ -117,11 +117,13 @@ TEST(Cli, ShippedConfigsReadTheSameInDeepSpeed) {
   const std::string src = AUTOTP_SOURCE_DIR;
   auto r = autotp_test::run_command(std::string(AUTOTP_VENV_BIN) + "/python " + src + "/tests/deepspeed/check_configs.py " +
                                     AUTOTP_CLI + " " + src + "/configs/zero1_tp2.json:4 " + src + "/configs/zero1_tp4.json:8 " +
-                                    src + "/configs/zero1_dp.json:4 " + src + "/configs/smollm2_tp3.json:3");
+                                    src + "/configs/zero1_dp.json:4 " + src + "/configs/smollm2_tp3.json:3 " + src +
+                                    "/configs/smollm2_sft_tp3.json:3");
   EXPECT_EQ(r.status, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("zero1_tp2.json world 4: 18 values agree with DeepSpeed 0.19.8"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("zero1_dp.json world 4: 17 values agree with DeepSpeed"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("smollm2_tp3.json world 3: 17 values agree with DeepSpeed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("smollm2_sft_tp3.json world 3: 18 values agree with DeepSpeed"), std::string::npos) << r.out;
 }
 
 }  // namespace

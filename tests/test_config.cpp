@@ -502,6 +502,14 @@ TEST(Config, DecayNormsAndBiasesIsAnAutotpKey) {
   EXPECT_EQ(bad.problems[0].path, "decay_norms_and_biases");
 }
 
+// DeepSpeed's way to resume a schedule is a config value; autotp's is a checkpoint.
+TEST(Config, LastBatchIterationPointsAtResume) {
+  auto p = problems_of(with(R"("scheduler": {"type": "WarmupLR", "params": {"last_batch_iteration": 99}})"));
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].path, "scheduler.params.last_batch_iteration");
+  EXPECT_EQ(p[0].message, "autotp train --resume DIR restores the schedule position from a checkpoint (--save-dir DIR writes them): delete it");
+}
+
 TEST(Config, NestedTpSizeEqualToAutotpSizeIsFine) {
   auto r = autotp::validate_config_text(
       with(R"("tensor_parallel": {"autotp_size": 2, "tp": {"tp_size": 2}, "tp_overlap_comm": false})"), "t", world(2));
