@@ -149,6 +149,11 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
     resume = options.save_dir;
     if (chatty) std::cout << "restart " << attempt << ": resuming from " << options.save_dir << "/latest\n";
   }
+  // A fresh run into a folder that holds another run's checkpoints would interleave with them (and
+  // --keep would delete theirs): continuing is --resume, anything else another folder.
+  if (resume.empty() && !options.save_dir.empty() && fs::exists(fs::path(options.save_dir) / "latest"))
+    throw Error("--save-dir " + options.save_dir + ": holds checkpoints of an earlier run (see its latest); continue it with --resume " +
+                options.save_dir + ", or save to another folder");
   std::string from_folder;
   std::optional<CheckpointState> from;
   if (!resume.empty()) {

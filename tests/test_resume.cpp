@@ -184,6 +184,11 @@ TEST(Resume, MismatchesAreOneLine) {
   EXPECT_NE(r.err.find("at step 2 already"), std::string::npos) << r.err;
   r = torchrun(2, common(w, w.config(2, 2, 2), 4) + " --resume " + w.dir + "/nothing");
   EXPECT_NE(r.err.find("nothing: no such checkpoint folder"), std::string::npos) << r.err;
+  // A fresh run into the same --save-dir would mix with (and --keep delete) the earlier run's.
+  r = torchrun(2, common(w, w.config(2, 2, 2), 4) + " --save-dir " + w.dir + "/ck");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("holds checkpoints of an earlier run (see its latest); continue it with --resume"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(w.dir + "/ck/step-2/trainer_state.json")) << "nothing lost";
   fs::remove_all(w.dir);
 }
 

@@ -5,6 +5,7 @@
 //   autotp check   CONFIG.json [--world-size W]
 //   autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--no-verify] ...
 //   autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]
+//   autotp plan    (MODEL.pt | --hf-config config.json) --gpus-per-node G ... (memory and traffic per strategy)
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -18,10 +19,15 @@
 #include "autotp/mesh.h"
 #include "autotp/passes.h"
 #include "autotp/verify.h"
+#include "plugin/cli/cli.h"
 #include "runtime/config.h"
 #include "runtime/trainer.h"
 
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
+
+using autotp_cli::parse_double;
+using autotp_cli::parse_int;
+using autotp_cli::value_of;
 
 namespace {
 
@@ -35,6 +41,11 @@ const char* kUsage =
     "                      [--eval-data F.tokens [--eval-every N] [--eval-samples N]] [--timeout SECONDS]\n"
     "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param]\n"
     "       autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]\n"
+    "       autotp plan    (MODEL.pt | --hf-config config.json) (--cluster NAME | --gpus-per-node G --gpu-memory 80GiB\n"
+    "                      --intra-node-bw 450GB/s [--inter-node-bw 50GB/s]) [--nodes N] --seq S [--micro-batch M]\n"
+    "                      --global-batch B [--dtype bf16|fp32] [--activation-checkpointing] [--flash-attention] [--json]\n"
+    "                      [--strategy NAME] [--emit-deepspeed ds.json] [--emit-llamafactory sft.yaml] [--lr X]\n"
+    "                      [--dataset NAME] [--template NAME]\n"
     "  inspect  plan tensor parallelism for a TorchScript model: placement of every parameter,\n"
     "           sizes to rescale, collectives to insert, bytes per rank, valid tp sizes.\n"
     "           --tp defaults to the largest valid tp <= 8.\n"
@@ -56,23 +67,11 @@ const char* kUsage =
     "  merge    the rank archives in SRC (rank0.pt.., or a checkpoint root whose file `latest` names them)\n"
     "           back as one Hugging Face folder: model.safetensors (sharded above --max-shard-size),\n"
     "           tied weights once, vocab padding stripped; config and tokenizer files when the model was\n"
-    "           exported with scripts/export_hf.py. --dtype defaults to the archive's.\n";
-
-// "--flag 12": the whole text must be the number.
-template <typename T>
-T parse_number(const std::string& flag, const std::string& text, const char* what) {
-  try {
-    size_t used = 0;
-    T v;
-    if constexpr (std::is_same_v<T, int>) v = std::stoi(text, &used);  // out of int range throws
-    else v = static_cast<T>(std::stod(text, &used));
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw autotp::Error(flag + " expects " + what + ", got '" + text + "'");
-}
-int parse_int(const std::string& flag, const std::string& text) { return parse_number<int>(flag, text, "an integer"); }
-double parse_double(const std::string& flag, const std::string& text) { return parse_number<double>(flag, text, "a number"); }
+    "           exported with scripts/export_hf.py. --dtype defaults to the archive's.\n"
+    "  plan     per-GPU memory (params, grads, optimizer, activations, buffers) and communication per step\n"
+    "           (intra- and inter-node) of DDP, ZeRO-1/2/3 and AutoTP(t)+ZeRO-1/2 on a cluster, and one\n"
+    "           recommendation. Presets: h100-nvlink-ib400, a100-nvlink-ib200, rtx4090-pcie-eth (flags override\n"
+    "           them). --emit-deepspeed/--emit-llamafactory write configs for the recommended or --strategy row.\n";
 
 int cmd_inspect(const std::vector<std::string>& args) {
   std::string model;
@@ -98,12 +97,6 @@ int cmd_inspect(const std::vector<std::string>& args) {
   autotp::TpPlan plan = autotp::inspect(model, tp);
   std::cout << (json ? autotp::plan_to_json(plan) + "\n" : autotp::plan_to_table(plan));
   return 0;
-}
-
-// "--flag value" parsing shared by the commands: returns the value, advancing i.
-std::string value_of(const std::vector<std::string>& args, size_t& i, const std::string& example) {
-  if (i + 1 >= args.size()) throw autotp::Error(args[i] + " needs a value, e.g. " + args[i] + " " + example);
-  return args[++i];
 }
 
 struct ModelAndTp {
@@ -326,7 +319,8 @@ int main(int argc, char** argv) {
     if (cmd == "check") return cmd_check(rest);
     if (cmd == "train") return cmd_train(rest);
     if (cmd == "merge") return cmd_merge(rest);
-    throw autotp::Error("unknown command '" + cmd + "'; commands: inspect, rewrite, verify, check, train, merge");
+    if (cmd == "plan") return autotp_cli::cmd_plan(rest);
+    throw autotp::Error("unknown command '" + cmd + "'; commands: inspect, rewrite, verify, check, train, merge, plan");
   } catch (const autotp::Error& e) {
     std::cerr << "autotp: error: " << e.what() << "\n";
     return 1;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autotp/error.h"
@@ -52,5 +53,86 @@ int64_t parse_size(const std::string& text);
 
 // The plan as a human table and summary.
 std::string plan_to_table(const TpPlan& plan);
+
+// ---- `autotp plan`: every parallel strategy for a model on a cluster we may not have ----------------
+// Memory per GPU and communication per optimizer step for DDP, ZeRO-1/2/3 and AutoTP(t)+ZeRO-1/2,
+// and one recommendation. The formulas, their sources and what is counted: plugin/planner.cpp and
+// README.md "`autotp plan`".
+
+// The shapes the estimates need. From a Hugging Face config.json (Llama-style count) or from a
+// TorchScript archive through the analysis (exact parameter counts per tp rank).
+struct ModelShape {
+  std::string name;    // the file it came from
+  std::string source;  // "hf-config" | "torchscript"
+  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, vocab = 0;
+  bool tied = false;
+  int64_t parameters = 0;     // Ψ: every trainable value once (tied weights once)
+  int64_t largest_unit = 0;   // parameters of the largest of one layer and the embedding (ZeRO-3's gather)
+  std::vector<int> valid_tp;  // tp values the model's split extents admit (vocabulary padded)
+  std::vector<std::pair<int, int64_t>> per_rank;  // (tp, Ψ_tp): parameters one TP rank holds
+  int64_t parameters_per_rank(int tp) const;      // throws when tp is not in per_rank
+};
+ModelShape shape_from_hf_config(const std::string& path);
+ModelShape shape_from_hf_config_text(const std::string& text, const std::string& label);
+// Runs the analysis once, plans every valid tp up to max_tp for its bytes per rank.
+ModelShape shape_from_archive(const std::string& path, int max_tp);
+
+struct ClusterSpec {
+  std::string name;  // a preset's name, or "custom"
+  int gpus_per_node = 0, nodes = 1;
+  int64_t gpu_memory = 0;      // bytes
+  double intra_node_bw = 0;    // bytes/s one GPU sends inside a node (per direction)
+  double inter_node_bw = 0;    // bytes/s one GPU sends to other nodes: the node's network / its GPUs
+  std::string about;           // where a preset's numbers come from
+};
+std::vector<ClusterSpec> cluster_presets();  // gpus_per_node set, nodes = 1
+ClusterSpec cluster_preset(const std::string& name);  // throws naming the presets
+// "80GiB", "24GB", "1e9" -> bytes; "450GB/s", "400Gb/s", "25GiB/s" -> bytes/s. Errors name the flag.
+int64_t parse_memory_flag(const std::string& flag, const std::string& text);
+double parse_bandwidth_flag(const std::string& flag, const std::string& text);
+
+struct TrainingSpec {
+  int64_t seq = 0, micro_batch = 1, global_batch = 0;
+  bool bf16 = true;  // bf16 mixed precision; false: fp32
+  bool activation_checkpointing = false;
+  // FlashAttention (or Korthikanti's selective recomputation): the attention scores and softmax
+  // (5·a·s/h of the per-layer formula) are recomputed in the backward, not stored.
+  bool flash_attention = false;
+};
+
+struct StrategyPlan {
+  std::string name;  // DDP, ZeRO-1, ZeRO-2, ZeRO-3, AutoTP(t)+ZeRO-1, AutoTP(t)+ZeRO-2
+  int tp = 1, dp = 1, zero_stage = 0;
+  int64_t grad_accum = 1;
+  int64_t params = 0, grads = 0, optimizer = 0, activations = 0, buffers = 0, total = 0;  // bytes per GPU
+  int64_t intra_node_bytes = 0, inter_node_bytes = 0;  // sent per GPU per optimizer step
+  double comm_seconds = 0;
+  bool fits = false;
+  bool autotp_runs() const { return zero_stage <= 1; }  // autotp's trainer: stage 0 or 1
+};
+
+struct ClusterPlan {
+  ModelShape model;
+  ClusterSpec cluster;
+  TrainingSpec training;
+  std::vector<StrategyPlan> strategies;
+  std::vector<std::string> skipped;  // strategies left out, each with why (batch does not divide)
+  std::string recommended;           // a strategy's name, or empty when nothing fits
+  std::string reason;                // why that one, or what to change when nothing fits
+  const StrategyPlan& strategy(const std::string& name) const;  // case-insensitive; throws listing names
+};
+ClusterPlan plan_cluster(const ModelShape& model, const ClusterSpec& cluster, const TrainingSpec& training);
+
+std::string cluster_plan_table(const ClusterPlan& plan);
+std::string cluster_plan_json(const ClusterPlan& plan);  // integer bytes; "recommended": null when none
+// A DeepSpeed config for one strategy (autotp check accepts it when autotp_runs()).
+std::string deepspeed_config_for(const ClusterPlan& plan, const StrategyPlan& s, double lr);
+struct LlamaFactoryOptions {
+  std::string model_name_or_path, deepspeed_path, dataset = "alpaca_en_demo", templ = "default",
+              output_dir = "saves/autotp-plan";
+  double lr = 1e-5;
+};
+// A LLaMA-Factory full-SFT YAML that trains with the DeepSpeed config at options.deepspeed_path.
+std::string llamafactory_yaml_for(const ClusterPlan& plan, const StrategyPlan& s, const LlamaFactoryOptions& options);
 
 }  // namespace autotp
