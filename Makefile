@@ -45,3 +45,12 @@ mutants: build
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log
+
+# Can AutoTP + ZeRO-1 replace ZeRO-3? autotp against DeepSpeed (AutoTP, ZeRO-1/2/3), FSDP2 and DDP on
+# one model, one token file, 4 processes (benchmarks/compare.py; not part of `make test`). Writes
+# $(BUILD)/compare/compare.md, compare.json and charts. COMPARE_ARGS="--model smollm2 --steps 3" for SmolLM2.
+.PHONY: compare
+compare: build
+	@.venv/bin/python -c "import matplotlib" 2>/dev/null || .venv/bin/pip install --quiet matplotlib
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-$$(.venv/bin/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
+	  .venv/bin/python benchmarks/compare.py --out $(BUILD)/compare --autotp $(BUILD)/autotp $(COMPARE_ARGS)
