@@ -115,20 +115,23 @@ StepStats ZeroOneOptimizer::step(double lr) {
   const double b1 = opt_.beta1, b2 = opt_.beta2;
   const double bc1 = 1 - std::pow(b1, static_cast<double>(step_));
   const double bc2 = 1 - std::pow(b2, static_cast<double>(step_));
-  if (opt_.weight_decay != 0 && decay_mask_.defined()) {  // norms and biases keep their values
+  if (opt_.weight_decay != 0) {
+    // AdamW shrinks the master by 1 - lr·wd; Adam (L2) adds wd·master to the gradient. Parameters
+    // outside decay_mask_ (norms and biases) keep their values.
+    const double keep = 1 - lr * opt_.weight_decay;
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    if (opt_.decoupled)
-      master_.mul_(at::where(decay_mask_, at::scalar_tensor(1 - lr * opt_.weight_decay, f32), at::scalar_tensor(1.0, f32)));
-    else
-      grad = grad.add(master_ * decay_mask_, opt_.weight_decay);
-  } else if (opt_.weight_decay != 0) {
-    if (opt_.decoupled)
-      master_.mul_(1 - lr * opt_.weight_decay);
+    auto decay = [&] {
+      if (decay_mask_.defined()) master_.mul_(at::where(decay_mask_, at::scalar_tensor(keep, f32), at::scalar_tensor(1.0, f32)));
+      else master_.mul_(keep);
+    };
+    if (opt_.decoupled) {
+      decay();
 #if AUTOTP_MUTANT == 5  // mutant (make mutants): decoupled weight decay applied twice
-    if (opt_.decoupled) master_.mul_(1 - lr * opt_.weight_decay);
+      decay();
 #endif
-    else
-      grad = grad.add(master_, opt_.weight_decay);
+    } else {
+      grad = grad.add(decay_mask_.defined() ? master_ * decay_mask_ : master_, opt_.weight_decay);
+    }
   }
   exp_avg_.mul_(b1).add_(grad, 1 - b1);
   exp_avg_sq_.mul_(b2).addcmul_(grad, grad, 1 - b2);
