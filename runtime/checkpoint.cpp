@@ -277,8 +277,8 @@ void check_layout(const nlohmann::json& layout, const ZeroOneOptimizer& opt, con
   }
 }
 
-const ParamPlan& param_plan(const TpPlan& plan, const std::string& name, const std::string& label) {
-  for (const auto& p : plan.parameters) {
+const ParamPlan& param_plan(const std::vector<ParamPlan>& layout, const std::string& name, const std::string& label) {
+  for (const auto& p : layout) {
     if (p.name == name) return p;
     for (const auto& a : p.aliases)
       if (a == name) return p;
@@ -288,7 +288,7 @@ const ParamPlan& param_plan(const TpPlan& plan, const std::string& name, const s
 
 }  // namespace
 
-void load_checkpoint(const std::string& folder, const CheckpointState& st, const TpPlan* plan, ZeroOneOptimizer& opt,
+void load_checkpoint(const std::string& folder, const CheckpointState& st, const std::vector<ParamPlan>& layout, ZeroOneOptimizer& opt,
                      Mesh& mesh) {
   const fs::path dir(folder);
   const int64_t writers = partition_writers(st.zero_stage, st.dp);
@@ -302,12 +302,21 @@ void load_checkpoint(const std::string& folder, const CheckpointState& st, const
     }
   } else {
     // Another tp: every parameter whole from the old ranks' partitions, then this rank's cut of it.
+    // The old cut: the checkpoint's plan.json, or the layout its rank archives record.
     const fs::path plan_file = dir / "plan.json";
-    if (!plan || !fs::exists(plan_file))
+    std::vector<ParamPlan> old_layout;
+    std::string old_label = plan_file.string();
+    if (fs::exists(plan_file)) {
+      old_layout = plan_from_json(read_text(plan_file), plan_file.string()).parameters;
+    } else {
+      old_label = (dir / rank_file(0)).string();
+      old_layout = rewrite_info(load_model(old_label)).params;
+    }
+    if (old_layout.empty() || layout.empty())
       throw Error(folder + ": resuming at tp=" + std::to_string(mesh.tp()) + " from a checkpoint of tp=" + std::to_string(st.tp) +
-                  " needs both plans: pass the full model (--model MODEL.pt), and a checkpoint from a run that planned it "
-                  "(one with plan.json)");
-    const TpPlan old_plan = plan_from_json(read_text(plan_file), plan_file.string());
+                  " needs how both cut the parameters: " +
+                  (old_layout.empty() ? old_label + " records no layout (written by an older autotp)" : "this run's model records none") +
+                  "; resume at tp=" + std::to_string(st.tp));
     // name -> per old tp rank: [master, exp_avg, exp_avg_sq]
     std::map<std::string, std::vector<std::array<at::Tensor, 3>>> parts;
     for (int64_t t = 0; t < st.tp; ++t) {
@@ -335,8 +344,8 @@ void load_checkpoint(const std::string& folder, const CheckpointState& st, const
       auto it = parts.find(tp.name);
       if (it == parts.end())
         throw Error(folder + ": holds no optimizer state for " + tp.name + "; resume with the model the checkpoint was trained from");
-      const ParamPlan& was = param_plan(old_plan, tp.name, plan_file.string());
-      const ParamPlan& now = param_plan(*plan, tp.name, "this run's plan");
+      const ParamPlan& was = param_plan(old_layout, tp.name, old_label);
+      const ParamPlan& now = param_plan(layout, tp.name, "this run's model");
       at::Tensor* dst[3] = {&master, &m, &v};
       for (int k = 0; k < 3; ++k) {
         std::vector<at::Tensor> ranks;

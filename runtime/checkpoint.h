@@ -70,9 +70,11 @@ CheckpointState read_checkpoint_state(const std::string& folder);
 
 // Loads this rank's optimizer state and parameters from `folder` into opt (every rank; reads only
 // files). Same tp: this TP rank's partitions, any old dp or ZeRO stage. Another tp: every old
-// partition, each parameter assembled by the checkpoint's plan.json and cut again by `plan` (needs
-// both plans). Restores this rank's generator state when the world layout is the same.
-void load_checkpoint(const std::string& folder, const CheckpointState& state, const TpPlan* plan, ZeroOneOptimizer& opt,
-                     Mesh& mesh);
+// partition, each parameter assembled by the old cut (the checkpoint's plan.json, or the layout its
+// rank archives record) and cut again by `layout`, this run's (its plan's parameters, or
+// rewrite_info(model).params of a rank archive). Restores this rank's generator state when the
+// world layout is the same.
+void load_checkpoint(const std::string& folder, const CheckpointState& state, const std::vector<ParamPlan>& layout,
+                     ZeroOneOptimizer& opt, Mesh& mesh);
 
 }  // namespace autotp

@@ -231,7 +231,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
              "; the data order depends on it");
     if (st.step >= options.steps)
       refuse("it is at step " + std::to_string(st.step) + " already; pass --steps larger than that (the total, not the remainder)");
-    load_checkpoint(from_folder, st, planned ? &plan : nullptr, opt, mesh);
+    load_checkpoint(from_folder, st, planned ? plan.parameters : rewrite_info(model).params, opt, mesh);
     start = st.step;
     if (chatty)
       std::cout << "resumed from " << from_folder << " at step " << st.step << " (tp " << st.tp << " x dp " << st.dp << " -> tp "

@@ -173,6 +173,36 @@ TEST(Resume, AnotherDpOrTpContinuesWithin1e6) {
   }
 }
 
+// Runs that never held the full model (--model a rank folder of `autotp rewrite`) write no plan.json;
+// resuming one at another tp cuts by the layouts the rank archives record: tp 2 x dp 2 from a tp-2
+// rank folder, resumed at tp 4 from a tp-4 rank folder, follows the uninterrupted run within 1e-6.
+TEST(Resume, AnotherTpFromRankFoldersUsesTheirRecordedLayouts) {
+  Workspace w = workspace("rankfolders");
+  for (int tp : {2, 4}) {
+    auto rw = run_command(std::string(AUTOTP_CLI) + " rewrite " + fixture(kModel) + " --tp " + std::to_string(tp) + " --out " +
+                          w.dir + "/tp" + std::to_string(tp));
+    ASSERT_EQ(rw.status, 0) << rw.err;
+  }
+  auto with_model = [&](std::string args, const std::string& folder) {
+    return args.replace(args.find(fixture(kModel)), fixture(kModel).size(), w.dir + "/" + folder);
+  };
+  const std::string full = w.dir + "/full.jsonl", part = w.dir + "/part.jsonl";
+  auto r = torchrun(4, common(w, w.config(2, 2, 2), 12) + " --metrics " + full);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = torchrun(4, with_model(common(w, w.config(2, 2, 2), 4), "tp2") + " --metrics " + part + " --save-dir " + w.dir + "/ck");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(fs::exists(w.dir + "/ck/step-4/plan.json")) << "no rank held the full model to plan";
+  r = torchrun(4, with_model(common(w, w.config(4, 2, 4), 12), "tp4") + " --metrics " + part + " --resume " + w.dir + "/ck");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  auto a = read_steps(full), b = read_steps(part);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t s = 4; s < 12; ++s) {
+    const double x = a[s].at("loss"), y = b[s].at("loss");
+    EXPECT_LE(std::abs(x - y) / std::abs(x), 1e-6) << "step " << s + 1;
+  }
+  fs::remove_all(w.dir);
+}
+
 TEST(Resume, MismatchesAreOneLine) {
   Workspace w = workspace("mismatch");
   auto r = torchrun(2, common(w, w.config(2, 2, 2), 2) + " --save-dir " + w.dir + "/ck");
