@@ -81,6 +81,16 @@ def hf_logits(folder: str, ids: torch.Tensor) -> torch.Tensor:
         return logits_of(model(ids)).float()
 
 
+def expect_logits(folder: str, got, want, reference: str) -> None:
+    """Same shape and max |got - want| / max |want| within TOLERANCE, or exit naming both."""
+    if got.shape != want.shape:
+        sys.exit(f"{folder}: logits of shape {tuple(got.shape)}, reference {reference} {tuple(want.shape)}")
+    rel = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"{folder} vs {reference}: logits {tuple(got.shape)} max rel error {rel:.3e}")
+    if not rel <= TOLERANCE:
+        sys.exit(f"{folder}: max rel error {rel:.3e} above {TOLERANCE}")
+
+
 def cmd_compare(args) -> None:
     pairs = [a for i, a in enumerate(args) if a != "--tokenizer" and (i == 0 or args[i - 1] != "--tokenizer")]
     for pair in pairs:
@@ -99,13 +109,7 @@ def cmd_compare(args) -> None:
             vocab = transformers.AutoConfig.from_pretrained(reference).vocab_size
             ids = torch.randint(0, vocab, (2, 10), generator=torch.Generator().manual_seed(5))
             want = hf_logits(reference, ids)
-        got = hf_logits(merged, ids)
-        if got.shape != want.shape:
-            sys.exit(f"{merged}: logits of shape {tuple(got.shape)}, reference {reference} {tuple(want.shape)}")
-        rel = ((got - want).abs().max() / want.abs().max()).item()
-        print(f"{merged} vs {reference}: logits {tuple(got.shape)} max rel error {rel:.3e}")
-        if not rel <= TOLERANCE:
-            sys.exit(f"{merged}: max rel error {rel:.3e} above {TOLERANCE}")
+        expect_logits(merged, hf_logits(merged, ids), want, reference)
     if "--tokenizer" in args:  # in the same process: one transformers import for both checks
         cmd_tokenizer(args[args.index("--tokenizer") + 1])
 
@@ -129,13 +133,7 @@ def cmd_tokenizer(folder: str) -> None:
 def cmd_logits(folder: str, file: str) -> None:
     from safetensors.torch import load_file
     t = load_file(file)
-    got, want = hf_logits(folder, t["ids"]), t["logits"].float()
-    if got.shape != want.shape:
-        sys.exit(f"{folder}: logits of shape {tuple(got.shape)}, the rank modules' {tuple(want.shape)}")
-    rel = ((got - want).abs().max() / want.abs().max()).item()
-    print(f"{folder} vs the trained rank modules: logits {tuple(got.shape)} max rel error {rel:.3e}")
-    if not rel <= TOLERANCE:
-        sys.exit(f"{folder}: max rel error {rel:.3e} above {TOLERANCE}")
+    expect_logits(folder, hf_logits(folder, t["ids"]), t["logits"].float(), "the trained rank modules")
 
 
 def main() -> None:
