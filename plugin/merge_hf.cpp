@@ -16,6 +16,7 @@
 
 #include "autotp/autotp.h"
 #include "autotp/passes.h"
+#include "runtime/checkpoint.h"
 #include "runtime/safetensors.h"
 
 namespace autotp {
@@ -30,11 +31,8 @@ fs::path ranks_dir_of(const std::string& source) {
   if (!fs::is_directory(source)) throw Error(source + ": not a directory; give the folder that holds rank0.pt, rank1.pt, ...");
   const fs::path dir(source);
   if (fs::exists(rank_file(dir, 0))) return dir;
-  if (fs::exists(dir / "latest")) {
-    std::ifstream in(dir / "latest");
-    std::string name;
-    std::getline(in, name);
-    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  if (const std::optional<std::string> latest = latest_of(source)) {
+    const std::string& name = *latest;
     const fs::path sub = dir / name;
     if (name.empty() || !fs::is_directory(sub))
       throw Error((dir / "latest").string() + " names '" + name + "', which is not a folder in " + source);

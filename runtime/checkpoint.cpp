@@ -31,15 +31,19 @@ void fsync_path(const fs::path& p, bool directory) {
   if (rc != 0) throw Error(p.string() + ": fsync failed");
 }
 
-// Text written under a temporary name, fsync'd, renamed: never seen half-written.
+// A file written under `tmp`: synced to disk, then renamed to `path`, so no reader sees half of it.
+void publish(const fs::path& tmp, const fs::path& path) {
+  fsync_path(tmp, false);
+  fs::rename(tmp, path);
+}
+
 void write_file_atomically(const fs::path& path, const std::string& text) {
   const fs::path tmp = path.string() + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!(f << text) || !f.flush()) throw Error(path.string() + ": cannot write");
   }
-  fsync_path(tmp, false);
-  fs::rename(tmp, path);
+  publish(tmp, path);
 }
 
 std::string read_text(const fs::path& path) {
@@ -59,7 +63,7 @@ std::string rng_file(int64_t rank) { return "rng-rank" + std::to_string(rank) + 
 // Which DP ranks wrote a partition: all of them at stage 1, DP rank 0 (the whole state) at stage 0.
 int64_t partition_writers(int zero_stage, int64_t dp) { return zero_stage == 1 ? dp : 1; }
 
-// Every rank learns whether every rank succeeded (site "train.checkpoint": not training traffic).
+// Every rank learns whether every rank succeeded (outside a step: not counted as training traffic).
 bool all_ok(Group& world, bool ok) {
   at::Tensor flag = at::tensor({ok ? 1.0 : 0.0}, at::kDouble);
   world.all_reduce(flag, c10d::ReduceOp::MIN, "train.checkpoint");
@@ -144,9 +148,8 @@ void save_checkpoint(const SaveRequest& req, torch::jit::Module& model, const Ze
     const OptimizerState st = opt.state();
     if (mesh.dp_rank() == 0) {
       const fs::path f = tmp / rank_file(mesh.tp_rank());
-      model.save((f.string() + ".tmp"));
-      fsync_path(f.string() + ".tmp", false);
-      fs::rename(f.string() + ".tmp", f);
+      model.save(f.string() + ".tmp");
+      publish(f.string() + ".tmp", f);
     }
     if (mesh.dp_rank() < partition_writers(req.state.zero_stage, mesh.dp())) {
       std::map<std::string, std::string> meta{{"step", std::to_string(st.step)},   {"begin", std::to_string(st.begin)},
@@ -181,15 +184,15 @@ void save_checkpoint(const SaveRequest& req, torch::jit::Module& model, const Ze
       if (!req.plan_json.empty()) write_file_atomically(tmp / "plan.json", req.plan_json);
       write_file_atomically(tmp / "trainer_state.json", req.state.json());
       fsync_path(tmp, true);
-      if (fs::exists(folder)) {  // a folder of this name (an earlier run's): replaced whole
-        const fs::path old = parent / ("." + folder.filename().string() + ".old");
+      // A folder of this name (an earlier run's) is replaced whole.
+      const fs::path old = parent / ("." + folder.filename().string() + ".old");
+      const bool replacing = fs::exists(folder);
+      if (replacing) {
         fs::remove_all(old);
         fs::rename(folder, old);
-        fs::rename(tmp, folder);
-        fs::remove_all(old);
-      } else {
-        fs::rename(tmp, folder);
       }
+      fs::rename(tmp, folder);
+      if (replacing) fs::remove_all(old);
       fsync_path(parent, true);
     });
   agree("commit the checkpoint");
@@ -215,12 +218,19 @@ void commit_latest(const std::string& dir, const std::string& step_folder, int64
     if (steps[i].second.filename() != current) fs::remove_all(steps[i].second);
 }
 
+std::optional<std::string> latest_of(const std::string& root) {
+  const fs::path f = fs::path(root) / "latest";
+  if (!fs::exists(f)) return std::nullopt;
+  std::string name = read_text(f);
+  name.erase(name.find_last_not_of(" \n\r\t") + 1);
+  return name;
+}
+
 std::string resolve_checkpoint(const std::string& path) {
   const fs::path p(path);
   if (fs::exists(p / "trainer_state.json")) return p.string();
-  if (fs::exists(p / "latest")) {
-    std::string name = read_text(p / "latest");
-    name.erase(name.find_last_not_of(" \n\r\t") + 1);
+  if (const std::optional<std::string> latest = latest_of(path)) {
+    const std::string& name = *latest;
     if (!fs::exists(p / name / "trainer_state.json"))
       throw Error(path + "/latest names '" + name + "', which holds no trainer_state.json; the checkpoint is gone or incomplete");
     return (p / name).string();

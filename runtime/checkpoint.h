@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,9 @@ void save_checkpoint(const SaveRequest& request, torch::jit::Module& model, cons
 // `--save-dir DIR` bookkeeping on rank 0 after save_checkpoint(DIR/step-<N>): points DIR/latest at
 // it (atomically) and deletes all but the `keep` newest step-* folders (keep 0: keep all).
 void commit_latest(const std::string& dir, const std::string& step_folder, int64_t keep);
+
+// The folder name a save root's `latest` file holds (trimmed); nullopt when it has no such file.
+std::optional<std::string> latest_of(const std::string& root);
 
 // A checkpoint folder from what a user passed: a root holding `latest`, or a step folder itself.
 // Throws autotp::Error saying what is there instead.

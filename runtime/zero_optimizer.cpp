@@ -62,9 +62,14 @@ bool ZeroOneOptimizer::low_precision() const {
 void ZeroOneOptimizer::accumulate() {
   if (!low_precision()) return;  // fp32 gradients accumulate in .grad already, in fp32
   at::NoGradGuard no_grad;
-  at::Tensor g = flat_grads();
-  if (grad_acc_.defined()) grad_acc_.add_(g);
-  else grad_acc_ = g;
+  if (!grad_acc_.defined()) {
+    grad_acc_ = flat_grads();
+  } else {  // added slice by slice in fp32: no second padded vector per micro-batch
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const at::Tensor& grad = params_[i].param.grad();
+      if (grad.defined()) grad_acc_.narrow(0, offsets_[i], grad.numel()).add_(grad.reshape({-1}));
+    }
+  }
   zero_grad();
 }
 
