@@ -26,6 +26,24 @@
 
 namespace autotp {
 
+// Split families (families.cpp): the column linears whose split outputs meet (through a row
+// linear, a size, a norm over them) are cut together, in the same whole units. A family's units
+// are the gcd of every extent it splits (heads and kv heads: kv groups; features alone: blocks of
+// up to 64); tp that does not divide them is met by an uneven cut, the first units % tp ranks
+// taking one unit more. The vocabulary (embedding, lm-head) is not a family: it is padded.
+struct Family {
+  std::vector<int> columns, rows;  // indices into ShardingStructure::linears
+  std::vector<int64_t> extents;    // every extent the family splits (features, heads, sizes)
+  int64_t gcd = 0;                 // of the extents
+  std::string label;               // "attention heads", "intermediate size", ...
+  int64_t heads = 0, kv_heads = 0; // the most and fewest heads its column outputs are viewed as (0: none)
+  // At one tp: the cut. Empty per_rank with fits: even; !fits: fewer units than ranks.
+  bool fits(int tp) const;
+  int64_t units(int tp) const;                     // whole units at this tp (gcd, or feature blocks)
+  std::vector<int64_t> per_rank(int tp) const;     // empty when tp divides every extent
+  std::string unit_name(int tp) const;             // "kv group: 3 q heads, 1 kv head", "64 features"
+};
+
 // The plan's structure, independent of tp; node pointers refer to ModelGraph::graph.
 struct ShardingStructure {
   enum class Mode { Column, Row, Replicated };
@@ -85,6 +103,7 @@ struct ShardingStructure {
     int linear = -1;
     int64_t bytes = 0;      // of the output on the example input
     bool mean = false;      // a mean over the split dim: the sum of the ranks' means, divided by tp
+    std::vector<int> origins;  // column linears the reduced split comes from (its family's cut)
   };
   // A parameter applied element-wise to split features (a norm weight over a whole column-parallel
   // output): split with them.
@@ -92,6 +111,7 @@ struct ShardingStructure {
     int tensor = -1;
     int dim = -1;  // of the parameter
     torch::jit::Node* node = nullptr;
+    std::vector<int> origins;  // column linears the features come from
   };
   std::vector<Linear> linears;
   std::vector<Embedding> embeddings;
@@ -102,6 +122,9 @@ struct ShardingStructure {
   std::vector<ParamSplit> param_splits;
   std::vector<const torch::jit::Value*> logits;  // the vocab-split values that leave the graph
   std::map<int, std::string> tensor_use;  // tensors read in full (outside linear/embedding): first reader
+  // Families structure_for_tp kept whole because tp exceeded their units (their linears forced
+  // replicated): what a plan reports about them and the valid tp it lists.
+  std::vector<Family> kept_whole;
 };
 
 // Linears forced to stay replicated, with the reason (a back-off, or a user's edited plan).
@@ -110,12 +133,30 @@ using ForcedReplicated = std::map<torch::jit::Node*, std::string>;
 // Throws autotp::Error for graphs the rules do not cover.
 ShardingStructure propagate(const ModelGraph& mg, const ProbeValues& values, ForcedReplicated forced = {});
 
+// Split families, continued: the column linears whose split outputs meet (through a row
+// linear, a size, a norm over them) are cut together, in the same whole units. A family's units
+// are the gcd of every extent it splits (heads and kv heads: kv groups; features alone: blocks of
+// up to 64); tp that does not divide them is met by an uneven cut, the first units % tp ranks
+// taking one unit more. The vocabulary (embedding, lm-head) is not a family: it is padded.
+struct Families {
+  std::vector<Family> list;
+  std::map<int, int> of_linear;  // linear index -> family index
+  std::vector<int64_t> loose;    // split extents outside every family: tp must divide them
+  const Family* of(const std::vector<int>& origins) const;  // the family of a split's origins (nullptr: none)
+};
+Families split_families(const ModelGraph& mg, const ShardingStructure& s);
+
+// The structure for one tp: propagation, with every family that has fewer units than tp ranks kept
+// whole (its linears forced replicated, with the reason) and propagation run again.
+ShardingStructure structure_for_tp(const ModelGraph& mg, const ProbeValues& values, int tp, ForcedReplicated forced = {});
+
 // Turns the structure into a plan for one tp (with the graph sites the rewrite edits); throws
-// autotp::Error when tp does not divide a split dimension (naming each one and listing the valid tp
-// values) or when no transformer block exists.
+// autotp::Error when tp does not divide a split dimension outside every family (naming each one
+// and listing the valid tp values), when a family has fewer units than tp (make the structure with
+// structure_for_tp) or when no transformer block exists.
 TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp);
 
-// probe + propagate + make_plan.
+// probe + structure_for_tp + make_plan.
 TpPlan analyze(const ModelGraph& mg, int tp);
 
 // The linears a plan keeps replicated although the analysis would split them (a user's edit):

@@ -24,10 +24,12 @@ std::string layout_to_json(const TpPlan& plan) {
                    {"vocab", plan.sites.vocab},
                    {"vocab_padded", plan.sites.vocab_padded}};
   j["params"] = nlohmann::json::array();
-  for (const auto& p : plan.parameters)
+  for (const auto& p : plan.parameters) {
     j["params"].push_back({{"name", p.name}, {"aliases", p.aliases}, {"shape", p.shape}, {"dtype", p.dtype},
                            {"placement", placement_name(p.placement)}, {"split_dim", p.split_dim},
                            {"segments", p.segments}, {"padded", p.padded}});
+    if (!p.units.empty()) j["params"].back()["units"] = p.units;  // absent when even: older layouts read the same
+  }
   return j.dump();
 }
 
@@ -51,6 +53,7 @@ std::vector<ParamPlan> layout_params(const std::string& text, const std::string&
       pp.split_dim = p.at("split_dim").get<int>();
       pp.segments = p.at("segments").get<std::vector<int64_t>>();
       pp.padded = p.at("padded").get<int64_t>();
+      pp.units = p.value("units", std::vector<int64_t>{});
       params.push_back(std::move(pp));
     }
   } catch (const nlohmann::json::exception& e) {
@@ -78,15 +81,6 @@ std::map<std::string, at::Tensor> tensors_by_name(const torch::jit::Module& rank
     for (const auto& a : e.aliases) out.emplace(a, e.tensor);
   }
   return out;
-}
-
-std::vector<int64_t> local_shape(const ParamPlan& p, int tp) {
-  std::vector<int64_t> s = p.shape;
-  if (p.split_dim >= 0) {
-    auto& d = s.at(static_cast<size_t>(p.split_dim));
-    d = (p.padded ? p.padded : d) / tp;
-  }
-  return s;
 }
 
 }  // namespace
@@ -129,9 +123,9 @@ std::vector<std::pair<std::string, at::Tensor>> merge_ranks(const std::vector<to
   for (int r = 0; r < tp; ++r) tensors.push_back(tensors_by_name(*by_rank[static_cast<size_t>(r)], "tp rank " + std::to_string(r)));
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& p : params) {
-    const std::vector<int64_t> expect = local_shape(p, tp);
     std::vector<at::Tensor> parts;
     for (int r = 0; r < tp; ++r) {
+      const std::vector<int64_t> expect = local_shape(p, tp, r);
       auto it = tensors[static_cast<size_t>(r)].find(p.name);
       if (it == tensors[static_cast<size_t>(r)].end())
         throw Error("tp rank " + std::to_string(r) + " has no tensor " + p.name + ", which its layout lists");

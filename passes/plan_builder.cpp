@@ -77,7 +77,11 @@ void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure
 }
 
 // The sites, by node number in the flat graph.
-GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, int tp) {
+GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, const Families& fams, int tp) {
+  auto units_of = [&](const std::vector<int>& origins) {
+    const Family* f = fams.of(origins);
+    return f ? f->per_rank(tp) : std::vector<int64_t>{};
+  };
   GraphSites g;
   g.fingerprint = graph_fingerprint(*mg.graph);
   std::unordered_map<const Node*, int64_t> number;
@@ -95,16 +99,55 @@ GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     for (const auto& [n, i] : c.uses) site.uses.push_back({number.at(n), static_cast<int64_t>(i)});
     g.copies.push_back(std::move(site));
   }
-  for (const auto& r : s.reduces) g.reduces.push_back({number.at(r.node), r.bias_input, r.mean});
+  for (const auto& r : s.reduces) g.reduces.push_back({number.at(r.node), r.bias_input, r.mean, r.mean ? units_of(r.origins) : std::vector<int64_t>{}});
   for (const auto& e : s.embeddings) g.embeddings.push_back(number.at(e.node));
-  for (const auto& r : s.rescales)
-    g.rescales.push_back({number.at(r.node), static_cast<int64_t>(r.list_input), static_cast<int64_t>(r.list_index), r.from,
-                          r.from / tp, r.runtime});
+  for (const auto& r : s.rescales) {
+    auto units = units_of(r.origins);
+    const int64_t to = units.empty() ? r.from / tp : r.from / std::accumulate(units.begin(), units.end(), int64_t{0}) * units[0];
+    g.rescales.push_back({number.at(r.node), static_cast<int64_t>(r.list_input), static_cast<int64_t>(r.list_index), r.from, to,
+                          r.runtime, std::move(units)});
+  }
   for (const auto& l : s.linears)
     if (l.logits) g.vocab = mg.tensors[l.weight].tensor.size(l.column_dim);
   g.vocab_padded = (g.vocab + tp - 1) / tp * tp;
   for (const auto* v : s.logits) g.logits.push_back({number.at(v->node()), static_cast<int64_t>(v->offset())});
   return g;
+}
+
+// Every tp a node could use (1..8) and every larger one that divides all split extents evenly, for
+// which some family is split and the extents outside families divide; a note for each tp at which
+// a family is cut unevenly or kept whole.
+std::vector<int> valid_tp_of(const std::vector<Family>& families, int64_t loose_gcd, std::vector<std::string>& notes) {
+  std::vector<int64_t> all{loose_gcd};
+  for (const auto& f : families) all.push_back(f.gcd);
+  const int64_t even = gcd_all(all);
+  std::vector<int> out;
+  for (int t = 1; t <= 8 || (even && t <= even); ++t) {
+    if (loose_gcd && loose_gcd % t) continue;
+    if (t > 8 && even % t) continue;
+    bool any_split = families.empty();
+    std::vector<std::string> parts;  // one per kind of family (every layer's attention alike)
+    for (const auto& f : families) {
+      std::string part;
+      if (!f.fits(t)) {
+        part = f.label + " kept whole (" + std::to_string(f.units(t)) + " units; unit: " + f.unit_name(t) + ")";
+      } else {
+        any_split = true;
+        const auto cut = f.per_rank(t);
+        if (cut.empty()) continue;
+        std::string ranks;
+        for (size_t r = 0; r < cut.size(); ++r) ranks += (r ? "+" : "") + std::to_string(cut[r]);
+        part = f.label + " uneven (" + ranks + " units; unit: " + f.unit_name(t) + ")";
+      }
+      if (std::find(parts.begin(), parts.end(), part) == parts.end()) parts.push_back(part);
+    }
+    if (!any_split) continue;
+    out.push_back(t);
+    std::string note;
+    for (const auto& p : parts) note += (note.empty() ? "" : "; ") + p;
+    if (!note.empty()) notes.push_back("tp=" + std::to_string(t) + ": " + note);
+  }
+  return out;
 }
 
 }  // namespace
@@ -137,6 +180,21 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   for (size_t i = 0; i < s.linears.size(); ++i)
     if (s.linears[i].logits) role[i] = "vocabulary";
   plan.blocks = rows;
+  if (rows == 0 && !s.kept_whole.empty()) {  // every family kept whole: tp is larger than any of them admits
+    std::vector<std::string> notes;
+    const auto valid = valid_tp_of(s.kept_whole, gcd_all(split_families(mg, s).loose), notes);
+    std::ostringstream msg;
+    msg << mg.path << ": tp=" << tp << " is more than every split family can be cut into (";
+    std::vector<std::string> seen;
+    for (const auto& f : s.kept_whole) {
+      std::string what = f.label + ": " + std::to_string(f.units(tp)) + " units, each a " + f.unit_name(tp);
+      if (std::find(seen.begin(), seen.end(), what) == seen.end()) seen.push_back(what);
+    }
+    for (size_t i = 0; i < seen.size(); ++i) msg << (i ? "; " : "") << seen[i];
+    msg << "), so nothing would be split; valid tp for this model: ";
+    for (size_t i = 0; i < valid.size(); ++i) msg << (i ? ", " : "") << valid[i];
+    throw Error(msg.str());
+  }
   if (rows == 0) {
     throw Error(mg.path + ": no transformer block found: searched " + std::to_string(s.linears.size()) +
                 " linear layer(s) for a column-parallel linear whose split output reaches the contraction "
@@ -163,33 +221,53 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   for (const auto& e : s.embeddings) add_constraint("vocabulary", T[e.weight].tensor.size(0), name(e.weight), e.node);
   for (const auto& r : s.rescales) add_constraint("split size", r.from, r.value, r.node);
 
-  // A vocabulary tp does not divide is padded (Megatron's make-vocab-size-divisible-by), so it
-  // constrains nothing; every other split extent must be divisible.
-  auto pads = [](const SplitConstraint& c) { return c.dimension == "vocabulary"; };
-  std::vector<int64_t> extents;
-  for (const auto& c : plan.constraints)
-    if (!pads(c)) extents.push_back(c.extent);
-  const int64_t g = gcd_all(extents);
-  for (int64_t d = 1; d <= (g ? g : 8); ++d)
-    if (!g || g % d == 0) plan.valid_tp.push_back(static_cast<int>(d));
-
+  // A vocabulary tp does not divide is padded (Megatron's make-vocab-size-divisible-by); a family
+  // tp does not divide is cut unevenly in whole units, or kept whole when it has fewer units than
+  // tp (structure_for_tp); only split extents outside every family must be divisible.
+  const Families fams = split_families(mg, s);
+  for (const auto& f : fams.list)
+    if (!f.fits(tp))
+      throw Error(mg.path + ": tp=" + std::to_string(tp) + " is more than the " + std::to_string(f.units(tp)) + " whole units the " +
+                  f.label + " of " + names_of(mg, s, f.columns) + " split into; make the structure with structure_for_tp");
+  const int64_t g = gcd_all(fams.loose);
+  std::vector<Family> every = fams.list;  // the model's families, also those kept whole at this tp
+  every.insert(every.end(), s.kept_whole.begin(), s.kept_whole.end());
+  plan.valid_tp = valid_tp_of(every, g, plan.tp_notes);
   if (g && g % tp != 0) {
-    std::vector<std::string> seen;
     std::ostringstream msg;
     msg << mg.path << ": tp=" << tp << " does not divide ";
     bool first = true;
-    for (const auto& c : plan.constraints) {
-      if (c.extent % tp == 0 || pads(c)) continue;
-      if (std::find(seen.begin(), seen.end(), c.dimension) != seen.end()) continue;
-      seen.push_back(c.dimension);
-      msg << (first ? "" : ", nor ") << "the " << c.dimension << " (" << c.extent << ", " << c.where << " at "
-          << c.source << ")";
+    for (const auto& c : s.constraints) {
+      if (c.linear >= 0 || c.extent % tp == 0) continue;
+      msg << (first ? "" : ", nor ") << "the split size " << c.extent << " (" << module_of(mg, c.node) << " at " << source_of(c.node) << ")";
+      first = false;
+    }
+    for (const auto& r : s.rescales) {
+      if (!r.origins.empty() || r.from % tp == 0) continue;
+      msg << (first ? "" : ", nor ") << "the split size " << r.from << " (" << r.value << " at " << source_of(r.node) << ")";
       first = false;
     }
     msg << "; valid tp for this model: ";
     for (size_t i = 0; i < plan.valid_tp.size(); ++i) msg << (i ? ", " : "") << plan.valid_tp[i];
     throw Error(msg.str());
   }
+  for (const auto* list : {&fams.list, &s.kept_whole})
+    for (const auto& f : *list) {
+      SplitFamily sf;
+      sf.name = f.label;
+      for (int c : f.columns) sf.linears.push_back(name(s.linears[c].weight));
+      for (int r : f.rows) sf.linears.push_back(name(s.linears[r].weight));
+      sf.units = f.units(tp);
+      sf.unit = f.unit_name(tp);
+      sf.per_rank = f.per_rank(tp);
+      sf.whole = list == &s.kept_whole;
+      plan.families.push_back(std::move(sf));
+    }
+  auto units_of_linear = [&](int linear) {
+    const auto& l = s.linears[static_cast<size_t>(linear)];
+    const Family* f = fams.of(l.mode == Mode::Row ? l.fed_by : std::vector<int>{linear});
+    return f ? f->per_rank(tp) : std::vector<int64_t>{};
+  };
 
   // Per-tensor placement.
   struct Decision {
@@ -197,14 +275,19 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     int dim = -1;
     std::string reason;
     std::vector<int64_t> segments;
+    std::vector<int64_t> units;
   };
   std::map<int, Decision> decided;
-  auto decide = [&](int t, Placement p, int dim, const std::string& reason, const Node* n, std::vector<int64_t> segments = {}) {
+  auto decide = [&](int t, Placement p, int dim, const std::string& reason, const Node* n, std::vector<int64_t> segments = {},
+                    std::vector<int64_t> units = {}) {
     auto it = decided.find(t);
     if (it == decided.end()) {
-      decided[t] = {p, dim, reason, std::move(segments)};
+      decided[t] = {p, dim, reason, std::move(segments), std::move(units)};
       return;
     }
+    if (it->second.units != units)
+      throw Error(mg.path + ": " + name(t) + " is cut unevenly one way (" + it->second.reason + ") and another way by " +
+                  n->kind().toQualString() + " at " + source_of(n) + "; a tensor has one placement");
     if (it->second.segments != segments)
       throw Error(mg.path + ": " + name(t) + " is cut into segments one way (" + it->second.reason + ") and another way by " +
                   n->kind().toQualString() + " at " + source_of(n) + "; a tensor has one placement");
@@ -232,17 +315,19 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
           if (l.heads) why += " into " + std::to_string(l.heads) + " heads";
           if (!l.feeds.empty()) why += ", reaching row-parallel " + names_of(l.feeds);
           if (!segments.empty()) why += "; a fused projection: each rank holds its slice of each of " + std::to_string(segments.size()) + " segments";
-          decide(l.weight, Placement::Column, l.column_dim, why, l.node, segments);
+          decide(l.weight, Placement::Column, l.column_dim, why, l.node, segments, units_of_linear(static_cast<int>(i)));
         }
         if (l.bias >= 0)
-          decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node, segments);
+          decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node, segments,
+                 l.logits ? std::vector<int64_t>{} : units_of_linear(static_cast<int>(i)));
         break;
       case Mode::Row:
         for (int c : l.fed_by)
           if (!s.linears[c].cuts.empty() && T[l.weight].tensor.size(l.row_dim) == T[s.linears[c].weight].tensor.size(s.linears[c].column_dim))
             throw Error(mg.path + ": " + name(l.weight) + " contracts the whole output of the fused projection " + name(s.linears[c].weight) +
                         ", which is also cut into segments; autotp cannot split both ways");
-        decide(l.weight, Placement::Row, l.row_dim, "row-parallel: input arrives split on its contraction dim from " + names_of(l.fed_by) + "; output all-reduced", l.node);
+        decide(l.weight, Placement::Row, l.row_dim, "row-parallel: input arrives split on its contraction dim from " + names_of(l.fed_by) + "; output all-reduced", l.node,
+               {}, units_of_linear(static_cast<int>(i)));
         if (l.bias >= 0) decide(l.bias, Placement::Replicated, -1, "bias of row-parallel " + name(l.weight) + ", added once after the all-reduce", l.node);
         break;
       case Mode::Replicated:
@@ -251,9 +336,12 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
         break;
     }
   }
-  for (const auto& ps : s.param_splits)
+  for (const auto& ps : s.param_splits) {
+    const Family* f = fams.of(ps.origins);
     decide(ps.tensor, Placement::Column, ps.dim,
-           std::string("split with the features it scales: ") + ps.node->kind().toQualString() + " at " + source_of(ps.node), ps.node);
+           std::string("split with the features it scales: ") + ps.node->kind().toQualString() + " at " + source_of(ps.node), ps.node, {},
+           f ? f->per_rank(tp) : std::vector<int64_t>{});
+  }
   for (const auto& c : s.copies)
     for (int t : c.params)
       decide(t, Placement::Replicated, -1, "replicated: read by " + c.reason, c.uses.front().first);
@@ -289,7 +377,14 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
       p.placement = it->second.p;
       p.split_dim = it->second.dim;
       p.segments = it->second.segments;
+      p.units = it->second.units;
       p.reason = it->second.reason;
+      if (!p.units.empty()) {
+        std::string cut;
+        for (size_t r = 0; r < p.units.size(); ++r) cut += (r ? "+" : "") + std::to_string(p.units[r]);
+        p.reason += "; uneven: " + cut + " of " + std::to_string(std::accumulate(p.units.begin(), p.units.end(), int64_t{0})) +
+                    " whole units per rank";
+      }
       if (!e.aliases.empty()) {
         std::string tied;
         for (const auto& a : e.aliases) tied += (tied.empty() ? "" : ", ") + a;
@@ -298,6 +393,8 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     }
     if (grad_reduced.count(static_cast<int>(t))) p.grad = "tp all-reduce";
     p.bytes_per_rank = p.split_dim >= 0 ? p.bytes / tp : p.bytes;
+    if (!p.units.empty())  // rank 0 holds the most
+      p.bytes_per_rank = p.bytes / std::accumulate(p.units.begin(), p.units.end(), int64_t{0}) * p.units[0];
     if (p.placement == Placement::Vocab && p.shape[static_cast<size_t>(p.split_dim)] % tp) {
       const int64_t rows = p.shape[static_cast<size_t>(p.split_dim)], padded = (rows + tp - 1) / tp * tp;
       p.padded = padded;
@@ -318,17 +415,24 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     if (r.list_index >= 0) where += "[" + std::to_string(r.list_index) + "]";
     std::string m = module_of(mg, r.node);
     if (!m.empty()) where += " in " + m;
-    plan.rescaled.push_back({where, r.value, r.from, r.from / tp, source_of(r.node)});
+    RescaleSite site{where, r.value, r.from, r.from / tp, {}, source_of(r.node)};
+    if (const Family* f = fams.of(r.origins); f && !f->per_rank(tp).empty()) {
+      const auto units = f->per_rank(tp);
+      const int64_t n = std::accumulate(units.begin(), units.end(), int64_t{0});
+      for (int64_t u : units) site.to_per_rank.push_back(r.from / n * u);
+      site.to = site.to_per_rank[0];
+    }
+    plan.rescaled.push_back(std::move(site));
   }
 
   add_collectives(plan, mg, s);
-  plan.sites = sites_of(mg, s, tp);
+  plan.sites = sites_of(mg, s, fams, tp);
   return plan;
 }
 
 TpPlan analyze(const ModelGraph& mg, int tp) {
   auto values = probe(mg, example_inputs(mg));
-  return make_plan(mg, propagate(mg, values), tp);
+  return make_plan(mg, structure_for_tp(mg, values, tp), tp);
 }
 
 TpPlan replan(const ModelGraph& mg, const TpPlan& edited) {
@@ -351,6 +455,7 @@ TpPlan replan(const ModelGraph& mg, const TpPlan& edited) {
     }
     if (more) s = propagate(mg, values, forced);
   }
+  s = structure_for_tp(mg, values, edited.tp, forced);
   TpPlan derived = make_plan(mg, s, edited.tp);
   for (const auto& p : derived.parameters) {
     auto it = want.find(p.name);

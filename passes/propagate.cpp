@@ -167,7 +167,10 @@ class Propagator final : public RuleContext {
       if (!placement(out).partial()) continue;
       bool recorded = false;
       for (const auto& r : s_.reduces) recorded |= r.node == n;
-      if (!recorded) s_.reduces.push_back({n, -1, -1});
+      if (!recorded) {
+        const auto& o = placement(out).origins;
+        s_.reduces.push_back({n, -1, -1, 0, false, std::vector<int>(o.begin(), o.end())});
+      }
       set(out, {});
     }
   }

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <numeric>
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/named_value.h>
@@ -124,8 +125,15 @@ class Rewriter {
         n->replaceInput(static_cast<size_t>(r.bias_input), g_.insertConstant(c10::IValue()));
       }
       WithInsertPoint after(n->next());
-      Value* out = g_.insert(kReduce, tp_args(y));
-      if (r.mean) out = g_.insert(c10::aten::div, {NamedValue(out), NamedValue(static_cast<double>(tp_))});
+      Value* out = nullptr;
+      if (r.mean && !r.units.empty()) {  // uneven: each rank's mean weighted by its share, then summed
+        const int64_t n = std::accumulate(r.units.begin(), r.units.end(), int64_t{0});
+        const double share = static_cast<double>(r.units.at(static_cast<size_t>(rank_))) / static_cast<double>(n);
+        out = g_.insert(kReduce, tp_args(g_.insert(c10::aten::mul, {NamedValue(y), NamedValue(share)})));
+      } else {
+        out = g_.insert(kReduce, tp_args(y));
+        if (r.mean) out = g_.insert(c10::aten::div, {NamedValue(out), NamedValue(static_cast<double>(tp_))});
+      }
 #if AUTOTP_MUTANT == 1  // mutant (make mutants): the row-parallel bias is dropped instead of added after the reduce
       bias = nullptr;
 #endif
@@ -151,10 +159,15 @@ class Rewriter {
     }
   }
 
-  // A size on a split dim: a static one replaced by its per-rank value, one read at run time
-  // divided by tp where it is used.
+  // A size on a split dim: a static one replaced by this rank's value, one read at run time
+  // divided by tp where it is used (uneven: times this rank's units, divided by all units).
   Value* rescaled(Value* size, const GraphSites::Rescale& r) {
-    return r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(size), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to);
+    if (r.units.empty())
+      return r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(size), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to);
+    const int64_t n = std::accumulate(r.units.begin(), r.units.end(), int64_t{0}), mine = r.units.at(static_cast<size_t>(rank_));
+    if (!r.runtime) return g_.insertConstant(r.from / n * mine);
+    Value* scaled = g_.insert(c10::aten::mul, {NamedValue(size), NamedValue(mine)});
+    return g_.insert(c10::aten::floordiv, {NamedValue(scaled), NamedValue(n)});
   }
 
   void rescale_sizes() {
@@ -256,9 +269,20 @@ void check_plan_fits(const TpPlan& plan, const ModelGraph& mg) {
     if (it->second->tensor.sizes().vec() != p.shape)
       throw Error(plan.model + ": the plan has " + p.name + " of shape " + join_shape(p.shape) + " but this module's is " +
                   join_shape(it->second->tensor.sizes().vec()) + "; make the plan from this model");
-    if (p.split_dim >= 0 && (p.padded ? p.padded : p.shape.at(static_cast<size_t>(p.split_dim))) % plan.tp != 0)
+    if (p.split_dim < 0) continue;
+    const int64_t extent = p.padded ? p.padded : p.shape.at(static_cast<size_t>(p.split_dim));
+    if (!p.units.empty()) {
+      const int64_t n = std::accumulate(p.units.begin(), p.units.end(), int64_t{0});
+      bool whole = p.units.size() == static_cast<size_t>(plan.tp) && n > 0;
+      for (int64_t seg : p.segments.empty() ? std::vector<int64_t>{extent} : p.segments) whole = whole && seg % n == 0;
+      if (!whole)
+        throw Error(plan.model + ": the plan cuts " + p.name + " (" + join_shape(p.shape) + ") into " + std::to_string(n) +
+                    " units over " + std::to_string(p.units.size()) + " ranks, which does not fit tp=" + std::to_string(plan.tp) +
+                    " and its dim " + std::to_string(p.split_dim) + "; make the plan from this model");
+    } else if (extent % plan.tp != 0) {
       throw Error(plan.model + ": the plan splits " + p.name + " on dim " + std::to_string(p.split_dim) + " of " + join_shape(p.shape) +
                   ", which tp=" + std::to_string(plan.tp) + " does not divide");
+    }
   }
 }
 
@@ -308,6 +332,33 @@ at::Tensor first_tensor(const c10::IValue& v) {
 }
 }  // namespace
 
+std::vector<std::pair<int64_t, int64_t>> rank_slices(const ParamPlan& p, int64_t extent, int tp, int rank) {
+  const std::vector<int64_t> segments = p.segments.empty() ? std::vector<int64_t>{extent} : p.segments;
+  std::vector<std::pair<int64_t, int64_t>> out;
+  int64_t start = 0;
+  for (int64_t seg : segments) {
+    if (p.units.empty()) {
+      out.push_back({start + rank * (seg / tp), seg / tp});
+    } else {  // whole units: rank r takes units[r] after the units of the ranks before it
+      const int64_t n = std::accumulate(p.units.begin(), p.units.end(), int64_t{0}), unit = seg / n;
+      const int64_t before = std::accumulate(p.units.begin(), p.units.begin() + rank, int64_t{0});
+      out.push_back({start + before * unit, p.units.at(static_cast<size_t>(rank)) * unit});
+    }
+    start += seg;
+  }
+  return out;
+}
+
+std::vector<int64_t> local_shape(const ParamPlan& p, int tp, int rank) {
+  std::vector<int64_t> shape = p.shape;
+  if (p.split_dim < 0) return shape;
+  int64_t& d = shape.at(static_cast<size_t>(p.split_dim));
+  const int64_t extent = p.padded ? p.padded : d;
+  d = 0;
+  for (const auto& [start, length] : rank_slices(p, extent, tp, rank)) d += length;
+  return shape;
+}
+
 at::Tensor shard_of(const at::Tensor& whole, const ParamPlan& p, int tp, int rank) {
   if (p.split_dim < 0) return whole;
   at::Tensor full = whole;
@@ -316,14 +367,8 @@ at::Tensor shard_of(const at::Tensor& whole, const ParamPlan& p, int tp, int ran
     pad_shape[static_cast<size_t>(p.split_dim)] = p.padded - whole.size(p.split_dim);
     full = at::cat({whole, at::zeros(pad_shape, whole.options())}, p.split_dim);
   }
-  const int64_t extent = full.size(p.split_dim);
-  const std::vector<int64_t> segments = p.segments.empty() ? std::vector<int64_t>{extent} : p.segments;
   std::vector<at::Tensor> parts;
-  int64_t start = 0;
-  for (int64_t seg : segments) {
-    parts.push_back(full.narrow(p.split_dim, start + rank * (seg / tp), seg / tp));
-    start += seg;
-  }
+  for (const auto& [start, length] : rank_slices(p, full.size(p.split_dim), tp, rank)) parts.push_back(full.narrow(p.split_dim, start, length));
   return parts.size() == 1 ? parts[0] : at::cat(parts, p.split_dim);
 }
 
@@ -334,12 +379,17 @@ at::Tensor assemble(const std::vector<at::Tensor>& parts, const ParamPlan& p) {
     at::Tensor whole = at::cat(parts, p.split_dim);
     return p.padded ? whole.narrow(p.split_dim, 0, p.shape.at(static_cast<size_t>(p.split_dim))) : whole;  // padding off
   }
+  const int64_t extent = std::accumulate(p.segments.begin(), p.segments.end(), int64_t{0});
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> slices;
+  for (int r = 0; r < tp; ++r) slices.push_back(rank_slices(p, extent, tp, r));
   std::vector<at::Tensor> pieces;
-  int64_t local = 0;
-  for (int64_t seg : p.segments) {
-    for (const auto& part : parts) pieces.push_back(part.narrow(p.split_dim, local, seg / tp));
-    local += seg / tp;
-  }
+  std::vector<int64_t> local(static_cast<size_t>(tp), 0);
+  for (size_t seg = 0; seg < p.segments.size(); ++seg)
+    for (int r = 0; r < tp; ++r) {
+      const int64_t length = slices[static_cast<size_t>(r)][seg].second;
+      pieces.push_back(parts[static_cast<size_t>(r)].narrow(p.split_dim, local[static_cast<size_t>(r)], length));
+      local[static_cast<size_t>(r)] += length;
+    }
   return at::cat(pieces, p.split_dim);
 }
 

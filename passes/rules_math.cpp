@@ -71,7 +71,10 @@ void elementwise_rule(RuleContext& c, Node* n) {
     // is split with them; anything else of full extent needs the whole dim.
     const ParamView* pv = c.param_view(in);
     if (pv && !pv->dims.empty() && pv->dims[static_cast<size_t>(d)] >= 0 && c.graph().tensors[static_cast<size_t>(pv->tensor)].trainable) {
-      c.structure().param_splits.push_back({pv->tensor, pv->dims[static_cast<size_t>(d)], n});
+      {
+        const std::set<int> from = merged(shards);
+        c.structure().param_splits.push_back({pv->tensor, pv->dims[static_cast<size_t>(d)], n, std::vector<int>(from.begin(), from.end())});
+      }
       c.exempt(n, i);
       continue;
     }
@@ -117,7 +120,7 @@ void reduction_rule(RuleContext& c, Node* n) {
     // whole projection). Other reductions (max, var, norm) need the whole dim.
     const std::string name = n->kind().toQualString();
     if (name == "aten::sum" || name == "aten::mean") {
-      c.structure().reduces.push_back({n, -1, -1, 0, name == "aten::mean"});
+      c.structure().reduces.push_back({n, -1, -1, 0, name == "aten::mean", std::vector<int>(p.origins.begin(), p.origins.end())});
       for (Value* out : n->outputs()) c.set(out, TensorPlacement::part(p.origins));
       return;
     }

@@ -1,5 +1,7 @@
 // The library face of the analysis for a model file (load -> probe -> propagate -> plan), and the
 // one user line of an error.
+#include <algorithm>
+
 #include "autotp/autotp.h"
 #include "autotp/passes.h"
 
@@ -10,14 +12,16 @@ namespace autotp {
 TpPlan inspect(const std::string& model_path, int tp) {
   ModelGraph mg = load_model_graph(model_path);
   auto values = probe(mg, example_inputs(mg));
-  ShardingStructure s = propagate(mg, values);
-  if (tp == 0) {
-    TpPlan any = make_plan(mg, s, 1);
+  if (tp == 0) {  // the largest tp up to a node's 8 that splits every family evenly
+    TpPlan any = make_plan(mg, structure_for_tp(mg, values, 1), 1);
     tp = 1;
-    for (int v : any.valid_tp)
-      if (v <= 8) tp = v;
+    for (int v : any.valid_tp) {
+      const std::string mark = "tp=" + std::to_string(v) + ":";
+      bool noted = std::any_of(any.tp_notes.begin(), any.tp_notes.end(), [&](const std::string& n) { return n.rfind(mark, 0) == 0; });
+      if (v <= 8 && !noted) tp = v;
+    }
   }
-  return make_plan(mg, s, tp);
+  return make_plan(mg, structure_for_tp(mg, values, tp), tp);
 }
 
 std::string user_message(const std::exception& e) {

@@ -1,4 +1,5 @@
 // TpPlan -> JSON (nlohmann) and -> a human table.
+#include <algorithm>
 #include <iomanip>
 #include <sstream>
 
@@ -6,6 +7,7 @@
 
 #include "autotp/autotp.h"
 #include "autotp/error.h"
+#include "autotp/passes.h"
 
 namespace autotp {
 
@@ -26,17 +28,24 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
   j["graph_kind"] = plan.graph_kind;
   j["tp"] = plan.tp;
   j["valid_tp"] = plan.valid_tp;
+  j["tp_notes"] = plan.tp_notes;
+  j["families"] = json::array();
+  for (const auto& f : plan.families)
+    j["families"].push_back({{"name", f.name}, {"linears", f.linears}, {"units", f.units}, {"unit", f.unit},
+                             {"per_rank", f.per_rank}, {"whole", f.whole}});
+  j["rank_bytes"] = rank_bytes(plan);
   j["blocks"] = plan.blocks;
   j["parameters"] = json::array();
   for (const auto& p : plan.parameters) {
     j["parameters"].push_back({{"name", p.name}, {"aliases", p.aliases}, {"shape", p.shape}, {"dtype", p.dtype},
                                {"placement", placement_name(p.placement)}, {"split_dim", p.split_dim},
                                {"reason", p.reason}, {"bytes", p.bytes}, {"bytes_per_rank", p.bytes_per_rank},
-                               {"grad", p.grad}, {"segments", p.segments}, {"padded", p.padded}});
+                               {"grad", p.grad}, {"segments", p.segments}, {"padded", p.padded}, {"units", p.units}});
   }
   j["rescaled"] = json::array();
   for (const auto& r : plan.rescaled)
-    j["rescaled"].push_back({{"where", r.where}, {"value", r.value}, {"from", r.from}, {"to", r.to}, {"source", r.source}});
+    j["rescaled"].push_back({{"where", r.where}, {"value", r.value}, {"from", r.from}, {"to", r.to}, {"to_per_rank", r.to_per_rank},
+                             {"source", r.source}});
   j["collectives"] = json::array();
   for (const auto& c : plan.collectives)
     j["collectives"].push_back({{"kind", c.kind}, {"where", c.where}, {"source", c.source}, {"bytes", c.bytes}});
@@ -55,7 +64,8 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
     sites["copies"].push_back({{"node", c.node}, {"output", c.output}, {"uses", uses}});
   }
   sites["reduces"] = json::array();
-  for (const auto& r : g.reduces) sites["reduces"].push_back({{"node", r.node}, {"bias_input", r.bias_input}, {"mean", r.mean}});
+  for (const auto& r : g.reduces)
+    sites["reduces"].push_back({{"node", r.node}, {"bias_input", r.bias_input}, {"mean", r.mean}, {"units", r.units}});
   sites["rescales"] = json::array();
   for (const auto& r : g.rescales)
     sites["rescales"].push_back({{"node", r.node}, {"list_input", r.list_input}, {"list_index", r.list_index}, {"from", r.from}, {"to", r.to}, {"runtime", r.runtime}});
@@ -109,6 +119,7 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
       pp.grad = p.value("grad", "");
       pp.segments = p.value("segments", std::vector<int64_t>{});
       pp.padded = p.value("padded", int64_t{0});
+      pp.units = p.value("units", std::vector<int64_t>{});
       plan.parameters.push_back(std::move(pp));
     }
     key = "sites";
@@ -126,10 +137,12 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
         g.copies.push_back(std::move(cc));
       }
       for (const auto& r : s.at("reduces"))
-        g.reduces.push_back({r.at("node").get<int64_t>(), r.at("bias_input").get<int64_t>(), r.value("mean", false)});
+        g.reduces.push_back({r.at("node").get<int64_t>(), r.at("bias_input").get<int64_t>(), r.value("mean", false),
+                             r.value("units", std::vector<int64_t>{})});
       for (const auto& r : s.at("rescales"))
         g.rescales.push_back({r.at("node").get<int64_t>(), r.at("list_input").get<int64_t>(), r.at("list_index").get<int64_t>(),
-                              r.at("from").get<int64_t>(), r.at("to").get<int64_t>(), r.value("runtime", false)});
+                              r.at("from").get<int64_t>(), r.at("to").get<int64_t>(), r.value("runtime", false),
+                              r.value("units", std::vector<int64_t>{})});
     }
     return plan;
   } catch (const Error&) {
@@ -158,6 +171,21 @@ std::string human_bytes(int64_t b) {
 }
 }  // namespace
 
+std::vector<int64_t> rank_bytes(const TpPlan& plan) {
+  std::vector<int64_t> out(static_cast<size_t>(std::max(plan.tp, 1)), 0);
+  for (const auto& p : plan.parameters) {
+    int64_t numel = 1;
+    for (int64_t d : p.shape) numel *= d;
+    const int64_t element = numel ? p.bytes / numel : 0;
+    for (int r = 0; r < plan.tp; ++r) {
+      int64_t local = 1;
+      for (int64_t d : local_shape(p, plan.tp, r)) local *= d;
+      out[static_cast<size_t>(r)] += local * element;
+    }
+  }
+  return out;
+}
+
 std::string plan_to_table(const TpPlan& plan) {
   size_t wname = 9, wshape = 5;
   for (const auto& p : plan.parameters) {
@@ -173,10 +201,48 @@ std::string plan_to_table(const TpPlan& plan) {
       << shape_str(p.shape) << "  " << std::setw(10) << placement_name(p.placement) << "  " << p.reason
       << (p.grad.empty() ? "" : "; gradient: " + p.grad) << "\n";
   }
+  const auto per_rank = rank_bytes(plan);
+  if (plan.tp > 1) {
+    // Families cut alike (every layer's attention, every layer's MLP) are one line.
+    std::vector<std::pair<const SplitFamily*, int>> kinds;
+    for (const auto& f : plan.families) {
+      auto same = [&](const std::pair<const SplitFamily*, int>& k) {
+        return k.first->name == f.name && k.first->unit == f.unit && k.first->units == f.units && k.first->per_rank == f.per_rank &&
+               k.first->whole == f.whole;
+      };
+      auto it = std::find_if(kinds.begin(), kinds.end(), same);
+      if (it == kinds.end()) kinds.push_back({&f, 1});
+      else ++it->second;
+    }
+    o << "\nper rank (" << plan.tp << " ranks):\n";
+    for (int r = 0; r < plan.tp; ++r) {
+      o << "  rank " << r << ": " << human_bytes(per_rank[static_cast<size_t>(r)]) << " of parameters";
+      for (const auto& [f, count] : kinds) {
+        o << "; " << f->name << " (" << count << " block" << (count == 1 ? "" : "s") << "): ";
+        if (f->whole) {
+          o << "whole (" << f->units << " units for " << plan.tp << " ranks; unit: " << f->unit << ")";
+          continue;
+        }
+        const int64_t mine = f->per_rank.empty() ? f->units / plan.tp : f->per_rank[static_cast<size_t>(r)];
+        o << mine << " of " << f->units
+          << " units (unit: " << f->unit << ")";
+      }
+      o << "\n";
+    }
+    const auto [lo, hi] = std::minmax_element(per_rank.begin(), per_rank.end());
+    o << "  unevenness: max/min bytes per rank " << std::fixed << std::setprecision(3)
+      << static_cast<double>(*hi) / static_cast<double>(std::max<int64_t>(*lo, 1)) << "\n";
+    o.unsetf(std::ios::fixed);
+  }
   o << "\nrescaled sizes (" << plan.rescaled.size() << "):\n";
   if (plan.rescaled.empty()) o << "  none: every size on a split dim is inferred (-1) or read from the tensor\n";
   for (const auto& r : plan.rescaled)
-    o << "  " << r.where << ": " << r.value << " " << r.from << " -> " << r.to << "  (" << r.source << ")\n";
+  {
+    o << "  " << r.where << ": " << r.value << " " << r.from << " -> ";
+    if (r.to_per_rank.empty()) o << r.to;
+    for (size_t i = 0; i < r.to_per_rank.size(); ++i) o << (i ? " | " : "") << r.to_per_rank[i];
+    o << "  (" << r.source << ")\n";
+  }
   o << "\ncollectives (" << plan.collectives.size() << "):\n";
   for (const auto& c : plan.collectives) {
     o << "  " << c.kind << " " << c.where << "  (" << c.source << ")";
@@ -191,6 +257,7 @@ std::string plan_to_table(const TpPlan& plan) {
   o << "  valid tp sizes:      ";
   for (size_t i = 0; i < plan.valid_tp.size(); ++i) o << (i ? ", " : "") << plan.valid_tp[i];
   o << "\n";
+  for (const auto& n : plan.tp_notes) o << "    " << n << "\n";
   return o.str();
 }
 

@@ -24,21 +24,45 @@
 // embedding). Not counted: the CUDA context, the allocator's fragmentation, NCCL's buffers (pass a
 // smaller --gpu-memory to keep a margin).
 //
-// Activations per GPU, one micro-batch in flight — Korthikanti et al. 2022, "Reducing Activation
-// Recomputation in Large Transformer Models", §4 (16-bit activations, 1-byte dropout masks):
-//   per layer, no TP:                 s·b·h·(34 + 5·a·s/h)
-//   per layer, TP t, no sequence par: s·b·h·(10 + 24/t + 5·a·s/(h·t))   (= the above at t = 1)
-//   full activation checkpointing:    2·s·b·h per layer (each layer's input) + one layer's full
-//                                     activations while it is recomputed in the backward
-//   output layer (its total-memory     final norm input 2sbh + lm-head input 2sbh (both replicated
-//   count, without sequence par.):     over TP) + fp32 logits for the cross-entropy 4·s·b·V/t
-// --flash-attention drops the 5·a·s/h term (the s×s scores are recomputed in the backward: §5's
-// "selective activation recomputation", which FlashAttention does by construction). Layer terms
-// scale by B/2 for fp32. The formula is GPT's (a 4h GeLU MLP: 16sbh); a SwiGLU MLP with
-// i ≈ 8h/3 stores about as much (gate, up and their product's input: 3·2·s·b·i ≈ 16sbh). It counts
-// dropout masks Llama does not have (2sbh and a·s²·b per layer): an upper bound by that much. The
-// embedding's output is the first layer's input and is counted there.
-// Integer bytes: per layer ceil((10·t·sbh + 24·sbh + 5·a·s²·b) / t).
+// Activations per GPU, one micro-batch in flight: what autograd saves for the backward of a Hugging
+// Face Llama (4.51, eager attention, the graph autotp trains), counted tensor by tensor from the ops'
+// derivative formulas (a mul saves the other factor only for an input that needs a gradient, so
+// rotary's x·cos saves only cos; softmax saves its output; linear its input; silu its input), and
+// checked against the measured peak (tests/test_plan_calibration.cpp, runtime/memory_meter.h). d = head_dim,
+// i intermediate, B bytes per activation element; every split term / t (no sequence parallelism):
+//   each RMSNorm (2 per layer, + the final one): its input in fp32 (the pow and the x·rsqrt save it),
+//     the normalized x (the weight's mul saves it) and its output (the next linears' input):
+//     (4 + 2B)·sbh (+ 4·sb of 1/rms)
+//   attention, eager: q after rotary, k and v after repeat_kv (a heads each: the matmuls save them),
+//     the output before o_proj: 4B·sb·a·d/t; the softmax probabilities, fp32 (softmax(dtype=float32))
+//     plus their cast back to B when B is 16-bit (the PV matmul saves it): (4 + B)·a·s²·b/t (4 in fp32)
+//   attention, --flash-attention: q, k, v (kv heads), the output and the fp32 log-sum-exp
+//     (FlashAttention-2's saved tensors): B·sb·(2a + 2kv)·d/t + 4·a·s·b/t
+//   SwiGLU MLP: gate output (silu's input), silu's output, up output (the product saves both) and
+//     the product (down_proj's input): 4B·sb·i/t
+// No dropout masks: Llama has none. (Korthikanti et al.'s 34·sbh + 5·a·s²·b counts GPT's tensors:
+// LayerNorm, GeLU, dropout masks, 16-bit scores, no vocabulary; on the test's Llamas in fp32 it was
+// 59% under to 27% over the measured peak, SmolLM2-135M 33-59% under; this count is within 6%.)
+// Output, at the peak (everything above still held): the logits [s·b, V/t] in B (the caller holds
+// them through the backward), plus the larger of
+//   - the vocab-parallel cross-entropy: its shifted logits and exp in its forward, its saved fp32
+//     softmax and the fp32 gradient its backward makes (and that gradient's cast to B when 16-bit):
+//     (8 + B)·s·b·V/t (8 in fp32; 12·s·b·V/t in all with the logits). Hugging Face's own loss
+//     upcasts the logits and keeps log_softmax and its gradient: about 4 bytes per logit more.
+//   - the lm-head's backward: the logits' gradient B·s·b·V/t, its input's B·sbh, and the lm-head's
+//     weight gradient w = B·(V/t)·h when it is not (yet) the parameter's .grad: with a tied
+//     embedding autograd holds it until the embedding's is added to it at the end of the backward,
+//     and in fp32 with gradient accumulation autotp's micro-batches after the first add each new
+//     gradient into .grad (bf16 ones start from no .grad: runtime/zero_optimizer.h).
+// At the end of the backward, with the activations freed, the logits and the vocabulary gradients
+// still pending can be the peak instead: 2w for a tied embedding (its two parts before they are
+// summed), + w when accumulating in fp32 (the sum, or the embedding's, before it is added in place).
+// Full activation checkpointing: each layer's input (B·sbh) per layer, and the larger of the output
+// terms and one layer recomputed in the backward (beside a pending lm-head gradient).
+// Not counted: token ids and masks, rotary's cos/sin (s·d), gradients flowing through the backward
+// (a few [s·b, i] or [b, a/t, s, s] at a time, after the logits' are freed: they decide only when V
+// is small against s, up to 5% in the test), and, accumulating in fp32, a layer weight's new
+// gradient before it is added (one [i, h] at a time). Uneven splits count as even ones (/t).
 //
 // Communication bytes one GPU sends per optimizer step (ring collectives over n ranks: an
 // all-reduce sends 2(n-1)/n of the payload, a reduce-scatter or all-gather (n-1)/n; with a flat
@@ -96,16 +120,22 @@ std::string gb(double bytes) {
   return o.str();
 }
 
-// Activation bytes of one GPU for one micro-batch (see the header comment).
-int64_t activation_bytes(const ModelShape& m, const TrainingSpec& tr, int tp) {
-  const int64_t s = tr.seq, b = tr.micro_batch, h = m.hidden, a = m.heads, t = tp;
-  const int64_t sbh = s * b * h;
-  const int64_t scores = tr.flash_attention ? 0 : 5 * a * s * s * b;  // softmax, its dropout mask, the scores
-  const int64_t layer16 = ceil_div(10 * t * sbh + 24 * sbh + scores, t);
-  const int64_t scale = tr.bf16 ? 1 : 2;  // the paper's bytes are 16-bit; fp32 doubles them
-  const int64_t layers = tr.activation_checkpointing ? m.layers * 2 * sbh + layer16 : m.layers * layer16;
-  const int64_t vocab = ceil_div(m.vocab, t) * t;
-  return layers * scale + 2 * sbh * (tr.bf16 ? 2 : 4) + 4 * s * b * vocab / t;
+// Activation bytes of one GPU for one micro-batch, `ga` micro-batches per step (see the header comment).
+int64_t activation_bytes(const ModelShape& m, const TrainingSpec& tr, int tp, int64_t ga) {
+  const int64_t s = tr.seq, b = tr.micro_batch, t = tp, B = tr.bf16 ? 2 : 4, cast = tr.bf16 ? B : 0;
+  const int64_t sb = s * b, h = m.hidden, a = m.heads, kv = m.kv_heads, i = m.intermediate;
+  const int64_t d = m.head_dim > 0 ? m.head_dim : h / a, rows = ceil_div(m.vocab, t);  // vocabulary rows per rank
+  const int64_t norm = (4 + 2 * B) * sb * h + 4 * sb;
+  const int64_t attention = tr.flash_attention ? ceil_div(B * sb * (2 * a + 2 * kv) * d + 4 * a * sb, t)
+                                               : ceil_div(4 * B * sb * a * d + (4 + cast) * a * s * s * b, t);
+  const int64_t layer = 2 * norm + attention + ceil_div(4 * B * sb * i, t);
+  const int64_t logits = B * sb * rows, w = B * rows * h;  // w: one vocabulary weight's gradient
+  const bool accumulating = !tr.bf16 && ga > 1;  // later micro-batches add each new gradient into .grad
+  const int64_t head_grad = m.tied || accumulating ? w : 0;
+  const int64_t output = std::max((8 + cast) * sb * rows, B * sb * rows + head_grad + B * sb * h);
+  const int64_t end = logits + (m.tied ? 2 * w : 0) + (accumulating ? w : 0) + B * sb * h;
+  if (!tr.activation_checkpointing) return std::max(m.layers * layer + norm + logits + output, end);
+  return std::max(m.layers * B * sb * h + norm + logits + std::max(output, head_grad + layer), end);
 }
 
 // Bytes one GPU sends in its TP group per micro-batch (ring all-reduce: 2(t-1)/t of the payload).
@@ -142,14 +172,14 @@ StrategyPlan estimate(const ModelShape& m, const ClusterSpec& c, const TrainingS
   s.grads = B * (stage >= 2 ? part : psi);
   s.optimizer = 12 * (stage >= 1 ? part : psi);
   s.buffers = 4 * (stage >= 2 ? part : psi) + (stage >= 3 ? 2 * B * m.largest_unit : 0);
-  s.activations = activation_bytes(m, tr, tp);
+  s.activations = activation_bytes(m, tr, tp, ga);
   s.total = s.params + s.grads + s.optimizer + s.buffers + s.activations;
   s.fits = s.total <= c.gpu_memory;
   const int64_t tp_bytes = ga * tp_bytes_per_micro_batch(m, tr, tp);
   const int64_t dp_bytes = dp_bytes_per_step(psi, s.dp, stage, ga, B);
   s.intra_node_bytes = tp_bytes + (c.nodes > 1 ? 0 : dp_bytes);
   s.inter_node_bytes = c.nodes > 1 ? dp_bytes : 0;
-  s.comm_seconds = s.intra_node_bytes / c.intra_node_bw + s.inter_node_bytes / c.inter_node_bw;
+  s.comm_seconds = s.intra_node_bytes / c.intra_node_bw + (s.inter_node_bytes > 0 ? s.inter_node_bytes / c.inter_node_bw : 0.0);
   return s;
 }
 

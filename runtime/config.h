@@ -6,11 +6,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace autotp {
+
+struct HfArgs;  // runtime/hf_args.h
 
 // One thing wrong with a config. `path` is the JSON path ("tensor_parallel.tp.tp_size",
 // "optimizer.params.betas[1]"), a CLI flag ("--world-size"), or empty for the file as a whole.
@@ -26,6 +29,12 @@ struct ConfigOverrides {
   std::optional<int64_t> grad_accum;   // --grad-accum  -> gradient_accumulation_steps
   std::optional<double> lr;            // --lr          -> optimizer.params.lr
   std::optional<int64_t> world_size;   // --world-size: total ranks (tp x dp); not a config key
+  // --hf-args sft.yaml: fills every "auto" as transformers' DeepSpeed integration does, and checks
+  // the values that are not "auto" against it (runtime/config_hf.cpp).
+  std::shared_ptr<const HfArgs> hf_args;
+  // Samples per epoch of the training data (--data): with --hf-args, num_train_epochs needs it to
+  // count the training steps when max_steps is not set.
+  std::optional<int64_t> dataset_samples;
 };
 
 enum class SchedulerType { WarmupLR, WarmupDecayLR, WarmupCosineLR };
@@ -74,6 +83,11 @@ struct TrainConfig {
   bool decay_norms_and_biases = false;
   bool wall_clock_breakdown = false;
   std::vector<std::string> no_effect;  // accepted keys that change nothing in autotp, by path
+  // With --hf-args: the YAML, what it filled ("optimizer.params.lr <- learning_rate 1e-05 (sft.yaml:12)"),
+  // and the Trainer's num_training_steps (max_steps, or epochs x steps per epoch; 0 = unknown).
+  std::string hf_source;
+  std::vector<std::string> hf_filled;
+  int64_t hf_training_steps = 0;
 
   // The resolved values in DeepSpeed's layout; validate_config_text reads it back to the same config.
   std::string to_json() const;

@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -85,7 +87,14 @@ struct Ctx {
   TrainConfig& cfg;
   Raw raw;
   std::vector<ConfigProblem> problems;
-  void add(const std::string& path, const std::string& message) { problems.push_back({path, one_line(message)}); }
+  // --hf-args (config_hf.cpp): where each filled value came from, appended to any later problem at
+  // its path; and the "auto"s that step already reported (phase 1 stays silent about them).
+  std::map<std::string, std::string> filled;
+  std::set<std::string> judged;
+  void add(const std::string& path, const std::string& message) {
+    auto from = filled.find(path);
+    problems.push_back({path, one_line(from == filled.end() ? message : message + " (" + from->second + ")")});
+  }
 };
 
 // ---- phase 1 (config_read.cpp) ---------------------------------------------------------------------
@@ -97,5 +106,18 @@ std::optional<Json> parse_json(const std::string& text, std::vector<ConfigProble
 // Phase 1 over the top-level object `root`: typed values into ctx.raw (and the keys that need no
 // other key straight into ctx.cfg), problems into ctx.problems.
 void read_config(Ctx& ctx, const Json& root);
+
+// ---- --hf-args (config_hf.cpp) ------------------------------------------------------------------------
+
+// Before phase 1: transformers' trainer_config_process + trainer_config_finalize over `root` with the
+// YAML of ctx.overrides.hf_args — every "auto" it fills takes the YAML's value (or transformers'
+// default), every other value it checks must equal it (one problem per mismatch, both values named).
+// Without an optimizer section the Trainer's own AdamW is written in; a scheduler section missing
+// where the YAML asks for a schedule is a problem. No-op without --hf-args.
+void fill_from_hf_args(Ctx& ctx, Json& root);
+
+// What an "auto" at `path` needs besides the hint phase 1 gives: without --hf-args, the YAML key
+// that would fill it ("; or pass --hf-args YAML, whose learning_rate fills it"); "" when none does.
+std::string hf_auto_hint(const Ctx& ctx, const std::string& path);
 
 }  // namespace autotp::config_detail

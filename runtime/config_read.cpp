@@ -84,7 +84,7 @@ bool is_auto(const Json& v) { return v.is_string() && v.get<std::string>() == "a
 // `auto_hint` says what to write instead of "auto".
 bool reject_auto(Ctx& ctx, const Json& v, const std::string& path, const std::string& auto_hint) {
   if (!is_auto(v)) return false;
-  ctx.add(path, kAutoPrefix + auto_hint);
+  if (!ctx.judged.count(path)) ctx.add(path, kAutoPrefix + auto_hint + hf_auto_hint(ctx, path));
   return true;
 }
 

@@ -131,6 +131,13 @@ std::string check_report(const TrainConfig& c) {
   out << "  ZeRO       " << describe_zero(c) << "\n";
   out << "  clipping   " << (c.gradient_clipping > 0 ? "global gradient norm " + num(c.gradient_clipping) : "off") << "\n";
   out << "  logging    every " << c.steps_per_print << " steps; seed " << c.seed << "\n";
+  if (!c.hf_source.empty()) {
+    out << "  hf args    " << c.hf_source << ", as transformers' Trainer applies it: "
+        << (c.hf_training_steps > 0 ? "num_training_steps " + std::to_string(c.hf_training_steps)
+                                    : std::string("num_training_steps unknown (no max_steps, no --data)"))
+        << "\n";
+    for (const auto& f : c.hf_filled) out << "             " << f << "\n";
+  }
   if (!c.no_effect.empty()) {
     out << "  no effect ";
     for (size_t i = 0; i < c.no_effect.size(); ++i) out << (i ? ", " : " ") << c.no_effect[i];

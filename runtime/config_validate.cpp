@@ -83,7 +83,7 @@ std::optional<int64_t> pick(Ctx& ctx, const Slot<int64_t>& slot, const std::opti
     return std::nullopt;
   }
   if (slot.is_auto) {
-    ctx.add(key, kAutoPrefix + "write a number, or pass " + flag_name);
+    ctx.add(key, kAutoPrefix + "write a number, or pass " + flag_name + hf_auto_hint(ctx, key));
     failed = true;
   } else if (slot.present && !slot.value) {
     failed = true;  // its type problem is already reported
@@ -160,7 +160,7 @@ void resolve_batch(Ctx& ctx) {
   // "auto" here is what the Trainer computes from the other two, so it stands when they do.
   if (r.train_batch.is_auto && !b.micro && !failed) {
     ctx.add("train_batch_size", kAutoPrefix + "write a number, or give train_micro_batch_size_per_gpu (or "
-                                              "--micro-batch) and autotp derives it");
+                                              "--micro-batch) and autotp derives it" + hf_auto_hint(ctx, "train_batch_size"));
     failed = true;
   }
   if (failed) return;
@@ -200,10 +200,10 @@ void resolve_optimizer(Ctx& ctx) {
   if (ctx.overrides.lr) {
     opt.lr = *ctx.overrides.lr;
   } else if (r.lr.is_auto) {
-    ctx.add("optimizer.params.lr", kAutoPrefix + "write a number, or pass --lr");
+    ctx.add("optimizer.params.lr", kAutoPrefix + "write a number, or pass --lr" + hf_auto_hint(ctx, "optimizer.params.lr"));
   } else if (r.lr.value) {
     opt.lr = *r.lr.value;
-  } else if (!r.lr.present) {
+  } else if (!r.lr.present && !ctx.judged.count("optimizer")) {  // judged: --hf-args named the optimizer problem
     // DeepSpeed would silently train at FusedAdam's 0.001; the one hyperparameter never to guess.
     ctx.add("optimizer.params.lr", "missing; write the learning rate, or pass --lr");
   }
@@ -236,7 +236,8 @@ ConfigResult validate_config_text(const std::string& text, const std::string& so
     result.problems.push_back({"", "expected a JSON object {...} at the top level, got " + show(*root)});
     return result;
   }
-  Ctx ctx{overrides, result.config, {}, std::move(result.problems)};
+  Ctx ctx{overrides, result.config, {}, std::move(result.problems), {}, {}};
+  fill_from_hf_args(ctx, *root);
   read_config(ctx, *root);
   check_overrides(ctx);
   resolve_tp(ctx);

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -28,6 +29,17 @@ std::shared_ptr<Mesh> g_process_mesh;
 thread_local std::shared_ptr<Mesh> t_thread_mesh;
 
 int64_t payload_bytes(const at::Tensor& t) { return static_cast<int64_t>(t.numel()) * t.element_size(); }
+
+// Waits for a collective. On CPU, while a MemoryMeter (runtime/memory_meter.h) watches this thread,
+// also waits (briefly, bounded) for gloo's worker to drop its reference to the work, so that the
+// tensors the work holds are let go here: a tensor whose last reference died on the worker would be
+// freed there, where the meter, which hears only this thread, never sees it. (NCCL's watchdog keeps
+// works much longer; on GPUs max_memory_allocated is per device and needs none of this.)
+void finish(const c10::intrusive_ptr<c10d::Work>& work, c10::DeviceType device) {
+  work->wait();
+  if (device != c10::DeviceType::CPU || !c10::memoryProfilingEnabled()) return;
+  for (int i = 0; i < 100000 && work.use_count() > 1; ++i) std::this_thread::yield();
+}
 
 std::shared_ptr<::gloo::transport::Device> gloo_device() {
   // Same rule as torch.distributed: GLOO_SOCKET_IFNAME picks the interface; otherwise bind to the
@@ -112,7 +124,7 @@ void Group::all_reduce(at::Tensor& t, c10d::ReduceOp op, const std::string& site
   std::vector<at::Tensor> ts{t};
   c10d::AllreduceOptions o;
   o.reduceOp = op;
-  backend_->allreduce(ts, o)->wait();
+  finish(backend_->allreduce(ts, o), device_);
   count("all_reduce", site, payload_bytes(t));
 }
 
@@ -122,7 +134,7 @@ at::Tensor Group::all_gather(const at::Tensor& t, int64_t dim, const std::string
   std::vector<at::Tensor> inputs{in};
   std::vector<std::vector<at::Tensor>> outputs(1);
   for (int i = 0; i < size(); ++i) outputs[0].push_back(at::empty_like(in));
-  backend_->allgather(outputs, inputs)->wait();
+  finish(backend_->allgather(outputs, inputs), device_);
   count("all_gather", site, payload_bytes(in));
   return at::cat(outputs[0], dim);
 }
@@ -134,7 +146,7 @@ void Group::all_gather_flat(at::Tensor& out, const at::Tensor& in, const std::st
     return;
   }
   at::Tensor src = in.contiguous();
-  backend_->_allgather_base(out, src)->wait();
+  finish(backend_->_allgather_base(out, src), device_);
   count("all_gather", site, payload_bytes(src));
 }
 
@@ -145,7 +157,7 @@ void Group::reduce_scatter_flat(at::Tensor& out, const at::Tensor& in, const std
     return;
   }
   at::Tensor src = in.contiguous();
-  backend_->_reduce_scatter_base(out, src)->wait();
+  finish(backend_->_reduce_scatter_base(out, src), device_);
   count("reduce_scatter", site, payload_bytes(src));
 }
 
@@ -154,7 +166,7 @@ void Group::broadcast(at::Tensor& t, int root, const std::string& site) {
   std::vector<at::Tensor> ts{t};
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  backend_->broadcast(ts, o)->wait();
+  finish(backend_->broadcast(ts, o), device_);
   count("broadcast", site, payload_bytes(t));
 }
 
@@ -164,7 +176,7 @@ void Group::barrier() {
   // device from the rank); not counted as traffic.
   auto t = at::zeros({1}, at::TensorOptions().device(c10::Device(device_)));
   std::vector<at::Tensor> ts{t};
-  backend_->allreduce(ts)->wait();
+  finish(backend_->allreduce(ts), device_);
 }
 
 std::map<std::string, CollectiveCount> Group::by_kind() const {

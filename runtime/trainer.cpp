@@ -26,7 +26,9 @@
 #include "autotp/passes.h"
 #include "runtime/checkpoint.h"
 #include "runtime/evaluate.h"
+#include "runtime/hf_args.h"
 #include "runtime/liveness.h"
+#include "runtime/memory_meter.h"
 #include "runtime/rank_model.h"
 #include "runtime/token_data.h"
 #include "runtime/tp_ops.h"
@@ -116,7 +118,7 @@ void trim_metrics(const std::string& path, int64_t step) {
 std::string StepMetrics::json() const {
   nlohmann::json j{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
                    {"seconds", seconds}, {"epoch", epoch}, {"loss_tokens", loss_tokens}, {"param_bytes", param_bytes}, {"grad_bytes", grad_bytes},
-                   {"optimizer_bytes", optimizer_bytes}};
+                   {"optimizer_bytes", optimizer_bytes}, {"peak_activation_bytes", peak_activation_bytes}};
   for (const auto& [name, c] : {std::pair<const char*, CollectiveCount>{"tp", tp_bytes}, {"dp", dp_bytes}, {"world", world_bytes}})
     j["collectives"][name] = {{"calls", c.calls}, {"bytes", c.bytes}};
   return j.dump();
@@ -125,6 +127,9 @@ std::string StepMetrics::json() const {
 TrainConfig load_train_config(const TrainOptions& options, int64_t world_size) {
   ConfigOverrides o = options.overrides;
   o.world_size = world_size;
+  // --hf-args with num_train_epochs and no max_steps: the Trainer's step count needs the data size.
+  if (o.hf_args && o.hf_args->max_steps < 0 && !o.dataset_samples && !options.data_path.empty())
+    o.dataset_samples = TokenData(options.data_path).samples(options.seq);
   return load_config(options.config_path, o);
 }
 
@@ -212,6 +217,8 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   }
 
   const std::vector<TrainableParam> params = trainable_params(model, cfg.decay_norms_and_biases);
+  std::vector<at::Tensor> weights;  // for the activation peak: their gradients are model states
+  for (const auto& p : params) weights.push_back(p.param);
   ZeroOneOptimizer opt(params, mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage, cfg.gradient_clipping);
 
   int64_t start = 0;
@@ -318,12 +325,15 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       const int64_t counted = std::max<int64_t>(1, data.loss_tokens(step, ga, dp, micro, seq));
       const double scale = static_cast<double>(dp) / static_cast<double>(counted);
       double loss_sum = 0;
+      int64_t activation_peak = 0;
       for (int64_t k = 0; k < ga; ++k) {
         Batch b = data.batch(step, k, ga, mesh.dp_rank(), dp, micro, seq);
+        MemoryMeter meter(mesh.device());  // this micro-batch's forward and backward
         at::Tensor logits = logits_of(model.forward({b.input}));
         at::Tensor loss = vocab_parallel_cross_entropy(logits, b.labels, kIgnoreLabel, "tp", mesh.tp()).sum() * scale;
         die_here_if_asked("step", mesh.rank(), step + 1);
         torch::autograd::backward({loss});
+        activation_peak = std::max(activation_peak, meter.peak_without_grads(weights));
         opt.accumulate();
         loss_sum += loss.item<double>();
       }
@@ -352,6 +362,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       m.param_bytes = b.params;
       m.grad_bytes = b.grads;
       m.optimizer_bytes = b.state;
+      m.peak_activation_bytes = activation_peak;
       m.world_bytes = trained[0];
       m.tp_bytes = trained[1];
       m.dp_bytes = trained[2];
@@ -371,6 +382,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
                   << "  grad_norm " << std::fixed << std::setprecision(4) << m.grad_norm << "  tokens/s "
                   << std::setprecision(1) << m.tokens_per_s << "  per rank: params " << human_bytes(m.param_bytes)
                   << ", grads " << human_bytes(m.grad_bytes) << ", optimizer " << human_bytes(m.optimizer_bytes)
+                  << ", activations " << human_bytes(m.peak_activation_bytes)
                   << "  collectives: tp " << human_bytes(m.tp_bytes.bytes) << ", dp " << human_bytes(m.dp_bytes.bytes)
                   << "\n" << std::defaultfloat;
       }

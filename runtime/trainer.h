@@ -49,6 +49,9 @@ struct StepMetrics {
   int64_t loss_tokens = 0;  // labels the loss averaged over (global batch)
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0;
   int64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
+  // The most one micro-batch's forward and backward held at once on this rank besides the model
+  // states (its gradients not counted): `autotp plan`'s activation memory (runtime/memory_meter.h).
+  int64_t peak_activation_bytes = 0;
   CollectiveCount tp_bytes, dp_bytes, world_bytes;  // cumulative per group
   std::string json() const;
 };

@@ -19,7 +19,10 @@ TEST(Cli, InspectJsonForGqaLlamaAtTp2) {
   ASSERT_EQ(r.status, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("tp"), 2);
-  EXPECT_EQ(j.at("valid_tp"), (std::vector<int>{1, 2, 4}));
+  EXPECT_EQ(j.at("valid_tp"), (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(j.at("tp_notes").at(0), "tp=3: attention heads uneven (2+1+1 units; unit: kv group: 2 q heads, 1 kv head); "
+                                    "intermediate size uneven (6+5+5 units; unit: 8 features)");
+  EXPECT_EQ(j.at("rank_bytes"), (std::vector<int64_t>{214272, 214272}));  // (106816 - 320 norms) / 2 + 320, fp32
   EXPECT_EQ(j.at("graph_kind"), "traced");
   ASSERT_EQ(j.at("parameters").size(), 21u);  // 2 layers x 9 + embed + norm + lm_head
   std::map<std::string, nlohmann::json> by;
@@ -58,7 +61,10 @@ TEST(Cli, InspectJsonListsRescaledSitesOfTheScriptedModel) {
 TEST(Cli, HumanTableHasSummary) {
   CliRun r = run_cli("inspect " + fixture("llama_tied") + " --tp 4");
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_NE(r.out.find("valid tp sizes:      1, 2, 4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("valid tp sizes:      1, 2, 3, 4, 5, 6, 7, 8\n    tp=3: attention heads uneven"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  rank 3: 89.25 KiB of parameters; attention heads (2 blocks): 1 of 4 units (unit: kv group: 2 q heads, 1 kv head); "
+                       "intermediate size (2 blocks): 32 of 128 units (unit: feature)\n  unevenness: max/min bytes per rank 1.000"),
+            std::string::npos) << r.out;
   EXPECT_NE(r.out.find("model.embed_tokens.weight"), std::string::npos);
   EXPECT_NE(r.out.find("tied: one tensor, also named lm_head.weight"), std::string::npos);
 }
@@ -70,10 +76,11 @@ TEST(Cli, ErrorsAreOneLineAndExitNonZero) {
            {"inspect " + fixture("llama_gqa") + " --tp 0", "autotp: error: --tp must be a positive integer, got 0\n"},
            {"inspect " + fixture("llama_gqa") + " --tpp 2", "autotp: error: inspect: unknown option '--tpp'; options are --tp N and --json\n"},
            {"frobnicate", "autotp: error: unknown command 'frobnicate'; commands: inspect, rewrite, verify, check, train, merge, plan\n"},
-           {"inspect " + fixture("mistral") + " --tp 4 --json",
+           {"inspect " + fixture("mistral") + " --tp 300 --json",
             "autotp: error: " + fixture("mistral") +
-                ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "
-                "valid tp for this model: 1, 2\n"}}) {
+                ": tp=300 is more than every split family can be cut into (attention heads: 2 units, each a kv group: 4 q heads, "
+                "1 kv head; intermediate size: 192 units, each a feature), so nothing would be split; valid tp for this model: "
+                "1, 2, 3, 4, 5, 6, 7, 8\n"}}) {
     CliRun r = run_cli(args);
     EXPECT_EQ(r.status, 1) << args;
     EXPECT_EQ(r.err, expected) << args;
@@ -99,10 +106,10 @@ TEST(Cli, VerifyPrintsErrorsAndCountsAndRewriteWritesRanks) {
   EXPECT_EQ(v.status, 0) << v.err;
   EXPECT_NE(v.out.find("OK"), std::string::npos);
   EXPECT_NE(v.out.find("27 parameters"), std::string::npos) << v.out;
-  CliRun bad = run_cli("verify " + fixture("mistral") + " --tp 4");
+  CliRun bad = run_cli("verify " + fixture("mistral") + " --tp 300");
   EXPECT_EQ(bad.status, 1);
   EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
-  EXPECT_NE(bad.err.find("does not divide the kv heads (2"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("tp=300 is more than every split family can be cut into"), std::string::npos) << bad.err;
   CliRun dtype = run_cli("verify " + fixture("qwen2") + " --tp 2 --dtype fp16");
   EXPECT_EQ(dtype.err, "autotp: error: verify: --dtype fp16 is not supported; use fp32 or bf16\n");
 }

@@ -83,16 +83,14 @@ TEST(Errors, NonPositiveTp) {
   EXPECT_EQ(error_of(fixture("llama_gqa"), -2), fixture("llama_gqa") + ": tp must be a positive integer, got -2");
 }
 
-TEST(Errors, InvalidTpNamesEveryDimensionAndTheValidSizes) {
-  EXPECT_EQ(error_of(fixture("mistral"), 4),
-            fixture("mistral") +
-                ": tp=4 does not divide the kv heads (2, model.layers.0.self_attn.k_proj.weight at modeling_mistral.py:165); "
-                "valid tp for this model: 1, 2");
-  std::string msg = error_of(fixture("smollm2"), 2);
-  EXPECT_EQ(msg, fixture("smollm2") +
-                     ": tp=2 does not divide the attention heads (9, model.layers.0.self_attn.q_proj.weight at "
-                     "modeling_llama.py:252), nor the kv heads (3, model.layers.0.self_attn.k_proj.weight at "
-                     "modeling_llama.py:253); valid tp for this model: 1, 3");
+// A tp that divides nothing is met by uneven cuts or by keeping a family whole (passes/families.cpp);
+// only a tp larger than every family's units is refused, naming each family and the valid sizes.
+TEST(Errors, TpLargerThanEveryFamilyNamesThemAndTheValidSizes) {
+  EXPECT_EQ(error_of(fixture("llama_gqa"), 200),
+            fixture("llama_gqa") +
+                ": tp=200 is more than every split family can be cut into (attention heads: 4 units, each a kv group: 2 q heads, "
+                "1 kv head; intermediate size: 128 units, each a feature), so nothing would be split; valid tp for this model: "
+                "1, 2, 3, 4, 5, 6, 7, 8");
 }
 
 }  // namespace

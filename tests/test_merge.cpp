@@ -146,11 +146,11 @@ TEST(MergeRanks, BitExactForEveryFixture) {
     const std::string name = file.substr(0, file.size() - 3);
     auto module = autotp::load_model(entry.path().string());
     autotp::ModelGraph mg = autotp::model_graph_from(module, name);
-    autotp::ShardingStructure structure;
+    autotp::ProbeValues values;
     autotp::TpPlan one;
     try {
-      structure = autotp::propagate(mg, autotp::probe(mg, autotp::example_inputs(mg)));
-      one = autotp::make_plan(mg, structure, 1);
+      values = autotp::probe(mg, autotp::example_inputs(mg));
+      one = autotp::make_plan(mg, autotp::structure_for_tp(mg, values, 1), 1);
     } catch (const autotp::Error&) {  // the error-path fixtures (tiny_*): nothing to merge
       skipped.push_back(name);
       continue;
@@ -164,7 +164,7 @@ TEST(MergeRanks, BitExactForEveryFixture) {
     for (const auto& e : mg.tensors) original[e.name] = e.tensor;
     for (int tp : tps) {
       SCOPED_TRACE(name + " tp=" + std::to_string(tp));
-      autotp::TpPlan plan = autotp::make_plan(mg, structure, tp);
+      autotp::TpPlan plan = autotp::make_plan(mg, autotp::structure_for_tp(mg, values, tp), tp);
       plan.model = name;
       std::vector<torch::jit::Module> ranks;
       for (int r = 0; r < tp; ++r) ranks.push_back(autotp::rewrite(module, plan, r));

@@ -61,14 +61,14 @@ TEST(Plan, TinyModelCountsByHand) {
   EXPECT_EQ(layer, 36864);
   EXPECT_EQ(m.parameters, 2 * layer + 2 * 2 * 64 + 64 + 2 * 102 * 64);
   EXPECT_EQ(m.parameters, 87104);
-  EXPECT_EQ(m.valid_tp, (std::vector<int>{1, 2}));  // 4 does not divide the 2 kv heads
+  EXPECT_EQ(m.valid_tp, (std::vector<int>{1, 2}));  // from 3 on the 2 kv heads would stay whole
   EXPECT_EQ(m.parameters_per_rank(2), 2 * layer / 2 + 5 * 64 + 2 * 51 * 64);
 }
 
 // Every memory component and byte count of every row at G=4, N=2 (8 GPUs), from the formulas.
 TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
   auto m = autotp::shape_from_hf_config_text(kTiny, "tiny");
-  auto p = autotp::plan_cluster(m, cluster(4, 2, 800'000), training());
+  auto p = autotp::plan_cluster(m, cluster(4, 2, 1'000'000), training());
   ASSERT_EQ(p.strategies.size(), 6u);
   const int64_t s = 32, b = 2, h = 64, a = 4, L = 2, B = 2;
   const int64_t sbh = s * b * h;
@@ -83,11 +83,15 @@ TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
     EXPECT_EQ(row.grads, B * (z >= 2 ? part : psi));
     EXPECT_EQ(row.optimizer, 12 * (z >= 1 ? part : psi));
     EXPECT_EQ(row.buffers, 4 * (z >= 2 ? part : psi) + (z == 3 ? 2 * B * unit : 0));
-    // Korthikanti: s·b·h·(10 + 24/t + 5·a·s/(h·t)) per layer; + 2sbh + 2sbh + 4·s·b·V/t (V = 102, even).
-    const int64_t per_layer = t == 1 ? sbh * 34 + 5 * a * s * s * b : sbh * 10 + sbh * 24 / 2 + 5 * a * s * s * b / 2;
-    EXPECT_EQ(row.activations, L * per_layer + 4 * sbh + 4 * s * b * 102 / t);
+    // What a bf16 Llama saves (plugin/planner.cpp): per RMSNorm its fp32 input, normalized x and
+    // output, 8sbh + 4sb; per layer two norms, q, k, v and the attention output 4·2·sb·a·d/t, fp32
+    // probabilities and their bf16 copy 6·a·s²·b/t, MLP 4·2·sb·i/t; the final norm; the logits
+    // 2·sb·V/t and the cross-entropy's fp32 softmax, gradient and its bf16 copy 10·sb·V/t (V = 102).
+    const int64_t sb = s * b, d = 16, i = 128, V = 102 / t, norm = 8 * sbh + 4 * sb;
+    const int64_t per_layer = 2 * norm + (8 * sb * a * d + 6 * a * s * s * b + 8 * sb * i) / t;
+    EXPECT_EQ(row.activations, L * per_layer + norm + 2 * sb * V + 10 * sb * V);
     EXPECT_EQ(row.total, row.params + row.grads + row.optimizer + row.buffers + row.activations);
-    EXPECT_EQ(row.fits, row.total <= 800'000);
+    EXPECT_EQ(row.fits, row.total <= 1'000'000);
     // TP (intra-node): GA × 2(t-1)/t × ((4L + 2)·b·s·h·B + 3 fp32 per token); DP (inter-node: the ring crosses nodes).
     const int64_t tp_bytes = t == 1 ? 0 : ga * (2 * (t - 1) * ((4 * L + 2) * b * s * h * B + 12 * b * s) / t);
     const int64_t one_way = (dp - 1) * part * B;
@@ -97,11 +101,11 @@ TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
     EXPECT_DOUBLE_EQ(row.comm_seconds, tp_bytes / 100e9 + dp_bytes / 10e9);
   }
   // The same numbers, spelled out once (python, independently): DDP, AutoTP(2)+ZeRO-1.
-  EXPECT_EQ(p.strategy("DDP").total, 2145024);
+  EXPECT_EQ(p.strategy("DDP").total, 2280448);
   EXPECT_EQ(p.strategy("DDP").inter_node_bytes, 304864);
-  EXPECT_EQ(p.strategy("autotp(2)+zero-1").total, 731456);
+  EXPECT_EQ(p.strategy("autotp(2)+zero-1").total, 832576);
   EXPECT_EQ(p.strategy("AutoTP(2)+ZeRO-1").intra_node_bytes, 165376);
-  EXPECT_EQ(p.strategy("ZeRO-3").total, 768672);
+  EXPECT_EQ(p.strategy("ZeRO-3").total, 904096);
   // Fits: ZeRO-2, ZeRO-3 and both AutoTP rows; least inter-node traffic: AutoTP(2)+ZeRO-1.
   EXPECT_EQ(p.recommended, "AutoTP(2)+ZeRO-1");
   EXPECT_NE(p.reason.find("sends the least over the network"), std::string::npos) << p.reason;
@@ -113,8 +117,49 @@ TEST(Plan, ActivationCheckpointingKeepsLayerInputsAndRecomputesForwardAllReduces
   tr.activation_checkpointing = true;
   const auto& row = autotp::plan_cluster(m, cluster(4, 2, 800'000), tr).strategy("AutoTP(2)+ZeRO-1");
   const int64_t s = 32, b = 2, h = 64, a = 4, L = 2, sbh = s * b * h;
-  EXPECT_EQ(row.activations, L * 2 * sbh + (sbh * 10 + sbh * 12 + 5 * a * s * s * b / 2) + 4 * sbh + 4 * s * b * 51);
+  // Each layer's bf16 input, the final norm, the logits, and the larger of the cross-entropy's terms
+  // and one layer recomputed in the backward (here the layer).
+  const int64_t sb = s * b, norm = 8 * sbh + 4 * sb, layer = 2 * norm + (8 * sb * a * 16 + 6 * a * s * s * b + 8 * sb * 128) / 2;
+  EXPECT_EQ(row.activations, L * 2 * sbh + norm + 2 * sb * 51 + std::max<int64_t>(10 * sb * 51, layer));
+  EXPECT_EQ(row.activations, 195712);
   EXPECT_EQ(row.intra_node_bytes, 2 * (2 * 1 * ((6 * L + 2) * b * s * h * 2 + 12 * b * s) / 2));
+}
+
+// --flash-attention keeps q, k, v (kv heads), the output and the fp32 log-sum-exp instead of the s×s
+// probabilities; fp32 keeps single fp32 copies; a tied lm-head's weight gradient waits in autograd
+// for the embedding's, beside the logits' gradient (it decides when s·b is small against h), and so
+// does an fp32 one accumulating into .grad.
+TEST(Plan, FlashAttentionFp32AndTiedActivations) {
+  auto m = autotp::shape_from_hf_config_text(kTiny, "tiny");
+  const int64_t s = 32, b = 2, sb = s * b, h = 64, a = 4, kv = 2, d = 16, i = 128, L = 2;
+  auto tr = training();
+  tr.flash_attention = true;
+  const int64_t norm16 = 8 * sb * h + 4 * sb;
+  const int64_t flash_layer = 2 * norm16 + (2 * sb * (2 * a + 2 * kv) * d + 4 * a * sb) / 2 + 8 * sb * i / 2;
+  EXPECT_EQ(autotp::plan_cluster(m, cluster(2, 1, 80ll << 30), tr).strategy("AutoTP(2)+ZeRO-1").activations,
+            L * flash_layer + norm16 + 2 * sb * 51 + 10 * sb * 51);
+  tr = training();
+  tr.bf16 = false;
+  tr.global_batch = 4;  // dp 2 x micro-batch 2: no gradient accumulation
+  const int64_t norm32 = 12 * sb * h + 4 * sb, layer32 = 2 * norm32 + 16 * sb * a * d + 4 * a * s * s * b + 16 * sb * i;
+  const auto fp32 = autotp::plan_cluster(m, cluster(2, 1, 80ll << 30), tr).strategy("DDP").activations;
+  EXPECT_EQ(fp32, L * layer32 + norm32 + 4 * sb * 102 + 8 * sb * 102);
+  EXPECT_EQ(fp32, 784128);  // python, independently
+  // Accumulating fp32 gradients in .grad, the lm-head's new gradient (4·102·64) waits beside the
+  // logits' (4·sb·102) and its input's (4·sb·h) instead of the cross-entropy's 8·sb·102.
+  tr.global_batch = 16;
+  EXPECT_EQ(autotp::plan_cluster(m, cluster(2, 1, 80ll << 30), tr).strategy("DDP").activations - fp32,
+            4 * sb * 102 + 4 * 102 * h + 4 * sb * h - 8 * sb * 102);
+  auto tied = autotp::shape_from_hf_config_text(std::string(kTiny).replace(std::string(kTiny).find("false"), 5, "true"), "tied");
+  tr = training();
+  tr.seq = 4;
+  tr.micro_batch = 1;
+  tr.global_batch = 2;
+  const auto untied_small = autotp::plan_cluster(m, cluster(2, 1, 80ll << 30), tr).strategy("DDP").activations;
+  const auto tied_small = autotp::plan_cluster(tied, cluster(2, 1, 80ll << 30), tr).strategy("DDP").activations;
+  EXPECT_EQ(untied_small, 28272);
+  // logits' gradient 2·4·102 + the lm-head's gradient 2·102·64 + its input's 2·4·64, not 10·4·102.
+  EXPECT_EQ(tied_small - untied_small, (2 * 4 * 102 + 2 * 102 * h + 2 * 4 * h) - 10 * 4 * 102);
 }
 
 TEST(Plan, SmallModelOnBigGpusGetsTheCheapestCommunication) {
@@ -131,7 +176,7 @@ TEST(Plan, SmallModelOnBigGpusGetsTheCheapestCommunication) {
 
 TEST(Plan, OnlyZeroThreeFits) {
   auto m = autotp::shape_from_hf_config_text(kTiny, "tiny");
-  auto p = autotp::plan_cluster(m, cluster(1, 8, 770'000), training());  // one GPU per node: no TP
+  auto p = autotp::plan_cluster(m, cluster(1, 8, 906'000), training());  // one GPU per node: no TP
   ASSERT_EQ(p.strategies.size(), 4u);
   EXPECT_EQ(p.recommended, "ZeRO-3");
   EXPECT_EQ(p.reason.rfind("ZeRO-3: only ZeRO-3 fits", 0), 0u) << p.reason;
@@ -152,8 +197,9 @@ TEST(Plan, HfConfigCountEqualsTheAnalysisOfSmolLM2) {
   EXPECT_EQ(config.parameters, 134515008);  // SmolLM2-135M
   EXPECT_EQ(archive.parameters, config.parameters);
   EXPECT_EQ(archive.valid_tp, config.valid_tp);
-  EXPECT_EQ(config.valid_tp, (std::vector<int>{1, 3}));  // 9 heads, 3 kv heads, 1536
-  for (int t : {1, 3}) EXPECT_EQ(archive.parameters_per_rank(t), config.parameters_per_rank(t)) << "tp " << t;
+  // 9 heads, 3 kv heads, 1536: 2 cuts the kv groups 2+1; from 4 on attention would stay whole.
+  EXPECT_EQ(config.valid_tp, (std::vector<int>{1, 2, 3}));
+  for (int t : {1, 2, 3}) EXPECT_EQ(archive.parameters_per_rank(t), config.parameters_per_rank(t)) << "tp " << t;
   EXPECT_EQ(archive.hidden, 576);
   EXPECT_EQ(archive.layers, 30);
   EXPECT_EQ(archive.heads, 9);
@@ -173,9 +219,9 @@ TEST(Plan, OnlyTpThatDivideTheNodeAndTheModel) {
     for (const auto& s : autotp::plan_cluster(m, cluster(gpus, 1, 80ll << 30), tr).strategies) out.insert(s.tp);
     return out;
   };
-  EXPECT_EQ(tps(8), (std::set<int>{1}));     // 3 does not divide 8: a TP group would straddle nodes
-  EXPECT_EQ(tps(6), (std::set<int>{1, 3}));  // 2 and 6 do not divide 9 heads
-  EXPECT_EQ(tps(9), (std::set<int>{1, 3}));  // 9 divides the heads but not the 3 kv heads
+  EXPECT_EQ(tps(8), (std::set<int>{1, 2}));     // 3 does not divide 8: a TP group would straddle nodes
+  EXPECT_EQ(tps(6), (std::set<int>{1, 2, 3}));  // 2 cuts the 3 kv groups 2+1; 6 would keep attention whole
+  EXPECT_EQ(tps(9), (std::set<int>{1, 3}));     // 9 is more than the 3 kv groups
 }
 
 TEST(Plan, SizesAndBandwidths) {
@@ -219,7 +265,7 @@ TEST(Plan, EmittedConfigsReadByAutotpDeepSpeedAndLlamaFactory) {
   const std::string dir = temp_dir("emit"), cfg = dir + "/config.json";
   std::ofstream(cfg) << kTiny;
   const std::string base = std::string(AUTOTP_CLI) + " plan --hf-config " + cfg +
-                           " --gpus-per-node 4 --nodes 2 --gpu-memory 800000 --intra-node-bw 100GB/s --inter-node-bw 10GB/s"
+                           " --gpus-per-node 4 --nodes 2 --gpu-memory 1000000 --intra-node-bw 100GB/s --inter-node-bw 10GB/s"
                            " --seq 32 --micro-batch 2 --global-batch 16 --json";
   auto r = run_command(base + " --emit-deepspeed " + dir + "/rec.json --emit-llamafactory " + dir + "/sft.yaml");
   ASSERT_EQ(r.status, 0) << r.err;

@@ -5,18 +5,29 @@
 // mesh counts what a rank submits (numel x element size), so the test converts each measured
 // collective by its kind: all-reduce 2(n-1)/n of the payload, reduce-scatter (n-1)/n of its input,
 // all-gather (n-1) x the rank's part. Scalars the planner leaves out (the gradient norm's two
-// doubles, the reported loss) and the trainer's self-checks are excluded by site.
+// doubles, the reported loss) and the trainer's self-checks are excluded by site. Its activation
+// memory is held within 15% of the peak a rank's forward and backward measure (second half).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
+#include <map>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include "autotp/autotp.h"
+#include "autotp/passes.h"
 #include "fixtures.h"
 #include "ranks.h"
+#include "runtime/memory_meter.h"
+#include "runtime/rank_model.h"
 #include "runtime/token_data.h"
+#include "runtime/tp_ops.h"
 #include "runtime/trainer.h"
 
 using autotp_test::fixture;
@@ -102,6 +113,136 @@ TEST(PlanCalibration, ModelStatesAndWireBytesEqualWhatTrainingMeasures) {
     EXPECT_GT(m.wire_per_step, 0) << name;
     std::cout << name << ": params " << m.params << ", grads " << m.grads << ", optimizer " << m.optimizer << " bytes; "
               << m.wire_per_step << " bytes on the wire per step, as planned\n";
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+
+// ---- activation memory ----------------------------------------------------------------------------
+// The plan's activation bytes per GPU against what one micro-batch's forward and backward of a rank
+// module holds at its peak beyond the model states: every CPU allocation of the rank's thread from
+// the forward on (runtime/memory_meter.h, the exact CPU counterpart of max_memory_allocated), the
+// gradients the backward allocates excluded — the plan counts those as model states (its "grads"),
+// and the parameters and optimizer state are allocated before the forward, so they are not counted.
+// Run as the trainer runs a micro-batch (runtime/trainer.cpp: eager autograd on the graph as
+// written, vocab-parallel cross-entropy), fp32, no checkpointing; ranks as threads over gloo. The
+// trainer's own StepMetrics::peak_activation_bytes is checked against the same, and against the
+// plan with two micro-batches per step.
+namespace {
+
+struct ActivationCase {
+  std::string fixture;
+  int tp;
+  int64_t seq, micro;
+};
+
+// The most bytes rank `rank`'s forward + backward held at once, gradients aside.
+int64_t rank_peak(const ActivationCase& c, int rank) {
+  autotp::RankModel rm = autotp::load_rank_model(fixture(c.fixture), c.tp, rank);
+  rm.original.reset();
+  torch::jit::GraphOptimizerEnabledGuard plain_graph(false);
+  rm.module.train();
+  std::vector<at::Tensor> weights;
+  for (const auto& p : rm.module.parameters())
+    if (p.requires_grad()) weights.push_back(p);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  at::Tensor ids = at::randint(autotp_test::config_of(c.fixture).vocab, {c.micro, c.seq + 1}, gen, at::kLong);
+  at::Tensor input = ids.slice(1, 0, c.seq).contiguous(), labels = ids.slice(1, 1).contiguous();
+  autotp::MemoryMeter meter;
+  at::Tensor logits = autotp::logits_of(rm.module.forward({input}));
+  at::Tensor loss = autotp::vocab_parallel_cross_entropy(logits, labels, autotp::kIgnoreLabel, "tp", c.tp).sum();
+  torch::autograd::backward({loss});
+  return meter.peak_without_grads(weights);
+}
+
+int64_t measured_activations(const ActivationCase& c) {
+  std::vector<int64_t> peak(c.tp);
+  auto errors = autotp_test::run_ranks(c.tp, c.tp, [&](int rank, autotp::Mesh&) { peak[rank] = rank_peak(c, rank); });
+  for (const auto& e : errors) EXPECT_EQ(e, "");
+  return *std::max_element(peak.begin(), peak.end());
+}
+
+// What `autotp train --metrics` reports for one step of the same shape.
+int64_t trainer_activations(const ActivationCase& c, int64_t ga, const std::string& dir) {
+  const std::string config = dir + "/act.json", data = dir + "/act.tokens";
+  std::ofstream(config) << R"({"train_micro_batch_size_per_gpu": )" << c.micro << R"(, "gradient_accumulation_steps": )" << ga
+                        << R"(, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, "tensor_parallel": {"autotp_size": )"
+                        << c.tp << "}}";
+  const int64_t vocab = autotp_test::config_of(c.fixture).vocab;
+  autotp::write_token_file(data, std::vector<int64_t>(ga * c.micro * (c.seq + 1), 7), vocab);
+  std::vector<int64_t> peak(c.tp);
+  auto errors = autotp_test::run_ranks(c.tp, c.tp, [&](int rank, autotp::Mesh& mesh) {
+    autotp::TrainOptions o;
+    o.config_path = config;
+    o.model_path = fixture(c.fixture);
+    o.data_path = data;
+    o.steps = 1;
+    o.seq = c.seq;
+    o.quiet = true;
+    o.verify = false;
+    peak[rank] = autotp::train(o, mesh).back().peak_activation_bytes;
+  });
+  for (const auto& e : errors) EXPECT_EQ(e, "");
+  return *std::max_element(peak.begin(), peak.end());
+}
+
+// The plan's activations for the AutoTP(c.tp) row (tp 1: DDP) on c.tp GPUs at dp 1, `ga` micro-batches
+// per step, fp32.
+int64_t predicted_activations(const autotp::ModelShape& shape, const ActivationCase& c, int64_t ga) {
+  autotp::ClusterSpec cluster;
+  cluster.name = "test";
+  cluster.gpus_per_node = c.tp;
+  cluster.gpu_memory = int64_t{1} << 40;
+  cluster.intra_node_bw = cluster.inter_node_bw = 1e9;
+  autotp::TrainingSpec training;
+  training.seq = c.seq;
+  training.micro_batch = c.micro;
+  training.global_batch = ga * c.micro;  // dp 1 on the tp=c.tp row (tp=1 rows at dp>1 are skipped)
+  training.bf16 = false;
+  const autotp::ClusterPlan plan = autotp::plan_cluster(shape, cluster, training);
+  return plan.strategy(c.tp == 1 ? "DDP" : "AutoTP(" + std::to_string(c.tp) + ")+ZeRO-1").activations;
+}
+
+TEST(PlanCalibration, ActivationMemoryIsWithin15PercentOfTheMeasuredPeak) {
+  // GQA and MHA, untied and tied (small s·b: the tied lm-head's gradient term), a vocabulary tp=2
+  // pads (251), SmolLM2-135M (9 heads: tp 3); two or more (seq, micro-batch) per model.
+  const std::vector<ActivationCase> cases{
+      {"llama_gqa", 1, 16, 2}, {"llama_gqa", 2, 16, 2}, {"llama_gqa", 1, 64, 4}, {"llama_gqa", 2, 64, 4},
+      {"llama_mha", 1, 32, 2}, {"llama_mha", 2, 32, 2}, {"llama_mha", 2, 128, 1},
+      {"llama_tied", 1, 16, 1}, {"llama_tied", 2, 16, 1}, {"llama_tied", 2, 64, 2}, {"llama_vocab251", 2, 32, 2},
+      {"smollm2", 1, 64, 1}, {"smollm2", 3, 128, 1},
+  };
+  std::map<std::string, autotp::ModelShape> shapes;
+  for (const auto& c : cases) {
+    if (!shapes.count(c.fixture)) shapes.emplace(c.fixture, autotp::shape_from_archive(fixture(c.fixture), 3));
+    const int64_t predicted = predicted_activations(shapes.at(c.fixture), c, 1);
+    const int64_t measured = measured_activations(c);
+    const double error = std::abs(static_cast<double>(predicted - measured)) / static_cast<double>(measured);
+    std::cout << c.fixture << " tp " << c.tp << " seq " << c.seq << " micro-batch " << c.micro << ": activations predicted "
+              << predicted << " bytes, measured " << measured << " (" << std::fixed << std::setprecision(1) << 100 * error
+              << "%)\n" << std::defaultfloat;
+    EXPECT_LE(error, 0.15) << c.fixture << " tp " << c.tp << " seq " << c.seq << " micro " << c.micro;
+  }
+}
+
+// `autotp train --metrics`' peak_activation_bytes: the same measurement for one micro-batch; with two
+// micro-batches in fp32 the second adds each gradient into .grad, and the plan counts the lm-head's
+// new gradient (and a tied embedding's three vocabulary gradients at the end of the backward) for that.
+TEST(PlanCalibration, TrainerReportsTheActivationPeak) {
+  const std::string dir = testing::TempDir() + "autotp_activations_" + std::to_string(getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const ActivationCase gqa{"llama_gqa", 2, 16, 2};
+  const int64_t trainer = trainer_activations(gqa, 1, dir), measured = measured_activations(gqa);
+  std::cout << "autotp train --metrics peak_activation_bytes " << trainer << ", measured here " << measured << "\n";
+  EXPECT_NEAR(static_cast<double>(trainer), static_cast<double>(measured), 0.01 * static_cast<double>(measured));
+  for (const ActivationCase& c : {gqa, ActivationCase{"llama_tied", 2, 16, 1}}) {
+    const int64_t accumulated = trainer_activations(c, 2, dir);
+    const int64_t predicted = predicted_activations(autotp::shape_from_archive(fixture(c.fixture), 2), c, 2);
+    std::cout << c.fixture << " tp " << c.tp << " seq " << c.seq << " micro-batch " << c.micro
+              << ", 2 micro-batches per step: predicted " << predicted << ", autotp train reports " << accumulated << "\n";
+    EXPECT_LE(std::abs(static_cast<double>(predicted - accumulated)) / static_cast<double>(accumulated), 0.15) << c.fixture;
   }
   fs::remove_all(dir);
 }

@@ -410,6 +410,65 @@ TEST(Train, PaddedVocabularyTrainsLikeOneProcess) {
   }
 }
 
+// A tp that divides nothing (issue 13), trained 20 steps against the single process: the loss and
+// the gradient norm follow it within 1e-4 every step, and the weights merged back from the ranks'
+// --out archives equal its weights within 1e-4 (relative to each tensor's largest entry).
+//   llama_gqa tp=3: 4 kv groups cut 2+1+1, the intermediate 128 in blocks of 8 cut 6+5+5;
+//   mistral tp=4 (2 kv heads, tp = 2x kv heads): attention kept whole, the MLP 48 features each;
+//   smollm2 tp=2 and 4 (real weights, 9 heads, 3 kv heads): kv groups 2+1; attention kept whole.
+// One reference run (the config's peak lr replaced by `lr`) against training at each tp.
+void expect_trains_like_one_process(const std::string& model, const std::vector<int>& tps, double tolerance,
+                                    const std::string& lr = "3e-3", double norm_tolerance = 1e-4) {
+  std::string text = config_text(1);
+  for (size_t at = text.find("3e-3"); at != std::string::npos; at = text.find("3e-3", at + lr.size())) text.replace(at, 4, lr);
+  Workspace w = workspace(tps.front(), 1, model);
+  Reference ref = reference_run(w, 1, model, text);
+  EXPECT_LT(ref.loss.back(), ref.loss.front() - 0.5) << "the reference itself must learn";
+  for (int tp : tps) {
+    SCOPED_TRACE(model + " tp=" + std::to_string(tp));
+    std::ofstream(w.config) << std::regex_replace(text, std::regex("\"autotp_size\": 1"), "\"autotp_size\": " + std::to_string(tp));
+    const std::string metrics = w.dir + "/metrics" + std::to_string(tp) + ".jsonl", out = w.dir + "/out" + std::to_string(tp);
+    auto r = torchrun_train(tp, "--config " + w.config + " --model " + fixture(model) + " --data " + w.data + " --steps " +
+                                    std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics + " --out " + out);
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    auto rows = read_metrics(metrics);
+    ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
+    double worst = 0, worst_norm = 0;
+    for (int64_t s = 0; s < kSteps; ++s) {
+      const double d = std::abs(rows[s].at("loss").get<double>() - ref.loss[s]) / std::abs(ref.loss[s]);
+      const double n = std::abs(rows[s].at("grad_norm").get<double>() - ref.grad_norm[s]) / ref.grad_norm[s];
+      EXPECT_LE(d, tolerance) << "step " << s + 1;
+      EXPECT_LE(n, norm_tolerance) << "step " << s + 1;
+      worst = std::max(worst, d);
+      worst_norm = std::max(worst_norm, n);
+    }
+    std::vector<torch::jit::Module> ranks;
+    for (int t = 0; t < tp; ++t) ranks.push_back(autotp::load_model(out + "/rank" + std::to_string(t) + ".pt"));
+    double worst_weight = 0;
+    for (const auto& [name, saved] : autotp::merge_ranks(ranks)) {
+      const at::Tensor want = ref.weights.at(name);
+      ASSERT_EQ(saved.sizes(), want.sizes()) << name;
+      const double err = (saved - want).abs().max().item<double>() / want.abs().max().item<double>();
+      EXPECT_LE(err, tolerance) << name;
+      worst_weight = std::max(worst_weight, err);
+    }
+    std::cout << model << " tp " << tp << " over " << kSteps << " steps: loss " << worst << ", gradient norm " << worst_norm
+              << ", final weights " << worst_weight << " (max relative difference)\n";
+  }
+  std::filesystem::remove_all(w.dir);
+}
+
+TEST(Train, UnevenKvGroupsAndFeatureBlocksTrainLikeOneProcess) { expect_trains_like_one_process("llama_gqa", {3}, 1e-4); }
+TEST(Train, AttentionKeptWholeAtTwiceTheKvHeadsTrainsLikeOneProcess) { expect_trains_like_one_process("mistral", {4}, 1e-4); }
+
+// SmolLM2 (real weights) at tp=2 (kv groups 2+1) and tp=4 (attention whole, MLP 384 each), at a
+// fine-tuning lr (1e-4): at the fixtures' 3e-3 its trajectory is chaotic (the gradient norm jumps
+// 10x at step 8) and fp32 reordering alone moves it by 1e-2. Loss and final weights within 1e-4;
+// the gradient norm within 1e-3, the size of the fp32 reordering noise verify measures on its
+// gradients (Verify.SmolLM2AtTp2Uneven). Measured: loss 4.0e-6 / 8.7e-6, gradient norm 2.5e-4 /
+// 3.9e-4, weights 1.8e-5 / 2.0e-5 at tp 2 / 4. Heavy (about 5 minutes on 2 cores): `make test-heavy`.
+TEST(Heavy, SmolLM2AtTp2And4TrainsLikeOneProcess) { expect_trains_like_one_process("smollm2", {2, 4}, 1e-4, "1e-4", 1e-3); }
+
 // The main job's model (SmolLM2-135M, real pretrained weights, 30 layers) at tp=3 passes the check
 // before step 1: its fp32 reordering noise (gradients ~1e-3 off on random tokens) is not a fault.
 TEST(Train, PretrainedSmolLM2PassesTheCheckAndTrains) {

@@ -2,8 +2,8 @@
 //   autotp inspect MODEL.pt [--tp N] [--json]
 //   autotp rewrite MODEL.pt --tp N --out DIR
 //   autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X]
-//   autotp check   CONFIG.json [--world-size W]
-//   autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--no-verify] ...
+//   autotp check   CONFIG.json [--world-size W] [--hf-args sft.yaml [--data D.tokens [--seq S]]]
+//   autotp train   --config C.json --model M.pt --data D.tokens [--hf-args sft.yaml] [--steps N] [--no-verify] ...
 //   autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]
 //   autotp plan    (MODEL.pt | --hf-config config.json) --gpus-per-node G ... (memory and traffic per strategy)
 #include <cstdlib>
@@ -21,6 +21,8 @@
 #include "autotp/verify.h"
 #include "plugin/cli/cli.h"
 #include "runtime/config.h"
+#include "runtime/hf_args.h"
+#include "runtime/token_data.h"
 #include "runtime/trainer.h"
 
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
@@ -34,8 +36,9 @@ namespace {
 const char* kUsage =
     "usage: autotp inspect MODEL.pt [--tp N] [--json]\n"
     "       autotp rewrite MODEL.pt (--tp N | --plan PLAN.json) --out DIR\n"
-    "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]\n"
-    "       autotp train   --config C.json --model M.pt --data D.tokens [--steps N] [--seq S] [--out DIR]\n"
+    "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X] [--json]\n"
+    "                      [--hf-args sft.yaml [--data D.tokens [--seq S]]]\n"
+    "       autotp train   --config C.json --model M.pt --data D.tokens [--hf-args sft.yaml] [--steps N] [--seq S] [--out DIR]\n"
     "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify]\n"
     "                      [--save-dir DIR [--save-every N] [--keep K]] [--resume DIR] [--no-shuffle]\n"
     "                      [--eval-data F.tokens [--eval-every N] [--eval-samples N]] [--timeout SECONDS]\n"
@@ -57,6 +60,9 @@ const char* kUsage =
     "  check    validate a DeepSpeed-style training config (configs/README.md): every problem, one per\n"
     "           line; or a summary of mesh, batch arithmetic, optimizer, schedule and ZeRO stage.\n"
     "           --world-size W resolves dp = W / autotp_size and checks train_batch_size.\n"
+    "           --hf-args sft.yaml (a LLaMA-Factory / TrainingArguments YAML) fills every \"auto\" as the\n"
+    "           Hugging Face Trainer does and checks the other values against it; CONFIG defaults to its\n"
+    "           deepspeed: key. With num_train_epochs (no max_steps), --data counts the steps per epoch.\n"
     "  train    AutoTP + ZeRO-1 training; launch with torchrun (torchrun --nproc_per_node N --no-python\n"
     "           build/autotp train ...); without torchrun it runs as one rank. Before step 1 each rank\n"
     "           checks its sharded model against the unsharded one on one small batch (--no-verify\n"
@@ -194,9 +200,26 @@ int cmd_verify(const std::vector<std::string>& args) {
 }
 
 
-// autotp check CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X]
+// --hf-args sft.yaml into the overrides; an empty config path becomes the YAML's deepspeed: key.
+// Returns false after printing the YAML's problems, one per line, as config problems are.
+bool read_hf_args(const std::string& yaml, std::string& config_path, autotp::ConfigOverrides& overrides) {
+  if (yaml.empty()) return true;
+  autotp::HfArgsResult r = autotp::read_hf_args_file(yaml);
+  if (!r.ok()) {
+    std::cerr << r.message() << "\n";
+    return false;
+  }
+  // The Trainer opens the deepspeed: path as written, from the working directory.
+  if (config_path.empty()) config_path = r.args.deepspeed;
+  overrides.hf_args = std::make_shared<autotp::HfArgs>(std::move(r.args));
+  return true;
+}
+
+// autotp check CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X] [--json]
+//              [--hf-args sft.yaml [--data D.tokens [--seq S]]]
 int cmd_check(const std::vector<std::string>& args) {
-  std::string file;
+  std::string file, hf_yaml, data;
+  int seq = 64;
   bool json = false;
   autotp::ConfigOverrides flags;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -210,12 +233,23 @@ int cmd_check(const std::vector<std::string>& args) {
     else if (a == "--grad-accum") flags.grad_accum = parse_int(a, value());
     else if (a == "--lr") flags.lr = parse_double(a, value());
     else if (a == "--json") json = true;
-    else if (a.rfind("--", 0) == 0)
-      throw autotp::Error("check: unknown option '" + a + "'; options are --world-size, --micro-batch, --grad-accum, --lr, --json");
-    else if (file.empty()) file = a;
-    else throw autotp::Error("check: one config expected, got '" + file + "' and '" + a + "'");
+    else if (a == "--hf-args") hf_yaml = value();
+    else if (a == "--data") data = value();
+    else if (a == "--seq") seq = parse_int(a, value());
+    else if (a.rfind("--", 0) == 0 && a != "--config")
+      throw autotp::Error("check: unknown option '" + a + "'; options are --config, --world-size, --micro-batch, --grad-accum, "
+                          "--lr, --json, --hf-args, --data, --seq");
+    else if (!file.empty()) throw autotp::Error("check: one config expected, got '" + file + "' and '" + (a == "--config" ? value() : a) + "'");
+    else file = a == "--config" ? value() : a;
   }
-  if (file.empty()) throw autotp::Error("check: which config? usage: autotp check CONFIG.json [--world-size W]");
+  if (!data.empty() && hf_yaml.empty())
+    throw autotp::Error("check: --data counts training steps for --hf-args (num_train_epochs); pass --hf-args sft.yaml too");
+  if (seq < 1) throw autotp::Error("check: --seq must be at least 1");
+  if (!read_hf_args(hf_yaml, file, flags)) return 1;
+  if (file.empty())
+    throw autotp::Error("check: which config? usage: autotp check CONFIG.json [--world-size W]" +
+                        std::string(hf_yaml.empty() ? "" : " (" + hf_yaml + " has no deepspeed: key)"));
+  if (!data.empty()) flags.dataset_samples = autotp::TokenData(data).samples(seq);
   autotp::ConfigResult r = autotp::validate_config_file(file, flags);
   if (!r.ok()) {
     std::cerr << r.message() << "\n";
@@ -230,12 +264,15 @@ int cmd_check(const std::vector<std::string>& args) {
 int cmd_train(const std::vector<std::string>& args) {
   autotp::TrainOptions o;
   int64_t timeout_s = 600;
+  std::string hf_yaml;
+  bool steps_given = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--config") o.config_path = value_of(args, i, "configs/zero1_tp2.json");
     else if (a == "--model") o.model_path = value_of(args, i, "MODEL.pt");
     else if (a == "--data") o.data_path = value_of(args, i, "DATA.tokens");
-    else if (a == "--steps") o.steps = parse_int(a, value_of(args, i, "20"));
+    else if (a == "--steps") o.steps = parse_int(a, value_of(args, i, "20")), steps_given = true;
+    else if (a == "--hf-args") hf_yaml = value_of(args, i, "sft.yaml");
     else if (a == "--seq") o.seq = parse_int(a, value_of(args, i, "64"));
     else if (a == "--out") o.out_dir = value_of(args, i, "DIR");
     else if (a == "--metrics") o.metrics_path = value_of(args, i, "metrics.jsonl");
@@ -257,15 +294,24 @@ int cmd_train(const std::vector<std::string>& args) {
       throw autotp::Error("train: unknown argument '" + a + "'; usage: autotp train --config C.json --model M.pt --data D.tokens "
                           "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify] "
                           "[--save-dir DIR --save-every N --keep K] [--resume DIR] [--eval-data F --eval-every N --eval-samples N] "
-                          "[--no-shuffle] [--timeout SECONDS]");
+                          "[--no-shuffle] [--timeout SECONDS] [--hf-args sft.yaml]");
   }
   if (timeout_s < 1) throw autotp::Error("train: --timeout must be at least 1 second");
+  if (!read_hf_args(hf_yaml, o.config_path, o.overrides)) return 1;
   if (o.config_path.empty() || o.model_path.empty() || o.data_path.empty())
     throw autotp::Error("train: --config, --model and --data are required; usage: autotp train --config C.json --model M.pt --data D.tokens");
   if (o.seq < 1) throw autotp::Error("train: --seq must be at least 1");
   const char* ws = std::getenv("WORLD_SIZE");
   const int64_t world = ws ? parse_int("WORLD_SIZE", ws) : 1;
+  if (o.overrides.hf_args && o.overrides.hf_args->max_steps < 0)  // counted once, not again by every load
+    o.overrides.dataset_samples = autotp::TokenData(o.data_path).samples(o.seq);
   autotp::TrainConfig cfg = autotp::load_train_config(o, world);
+  // With --hf-args the run is as long as the Trainer's would be: max_steps, or epochs x steps per epoch.
+  if (o.overrides.hf_args && !steps_given) {
+    if (cfg.hf_training_steps < 1)
+      throw autotp::Error("train: " + o.overrides.hf_args->describe("max_steps") + " gives no training steps; set max_steps or pass --steps N");
+    o.steps = cfg.hf_training_steps;
+  }
   autotp::MeshOptions mo;
   mo.tp = static_cast<int>(cfg.tp);
   mo.timeout = std::chrono::seconds(timeout_s);  // every collective and the store

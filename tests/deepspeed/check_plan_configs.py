@@ -24,7 +24,8 @@ LLAMAFACTORY_KEYS = {
     "output_dir": str, "logging_steps": int, "save_steps": int, "plot_loss": bool, "overwrite_output_dir": bool,
     "save_only_model": bool, "report_to": str,
     "per_device_train_batch_size": int, "gradient_accumulation_steps": int, "learning_rate": float,
-    "num_train_epochs": float, "max_steps": int, "lr_scheduler_type": str, "warmup_ratio": float, "bf16": bool,
+    "num_train_epochs": float, "max_steps": int, "lr_scheduler_type": str, "warmup_ratio": float, "warmup_steps": int,
+    "bf16": bool,
     "ddp_timeout": int, "resume_from_checkpoint": str,
 }
 

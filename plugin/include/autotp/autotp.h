@@ -53,6 +53,8 @@ int64_t parse_size(const std::string& text);
 
 // The plan as a human table and summary.
 std::string plan_to_table(const TpPlan& plan);
+// Bytes of parameters each tp rank holds under the plan (they differ when a split is uneven).
+std::vector<int64_t> rank_bytes(const TpPlan& plan);
 
 // ---- `autotp plan`: every parallel strategy for a model on a cluster we may not have ----------------
 // Memory per GPU and communication per optimizer step for DDP, ZeRO-1/2/3 and AutoTP(t)+ZeRO-1/2,
@@ -65,6 +67,7 @@ struct ModelShape {
   std::string name;    // the file it came from
   std::string source;  // "hf-config" | "torchscript"
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, vocab = 0;
+  int64_t head_dim = 0;  // 0: hidden / heads (config.json's head_dim, or the q projection's width / heads)
   bool tied = false;
   int64_t parameters = 0;     // Ψ: every trainable value once (tied weights once)
   int64_t largest_unit = 0;   // parameters of the largest of one layer and the embedding (ZeRO-3's gather)
@@ -95,8 +98,8 @@ struct TrainingSpec {
   int64_t seq = 0, micro_batch = 1, global_batch = 0;
   bool bf16 = true;  // bf16 mixed precision; false: fp32
   bool activation_checkpointing = false;
-  // FlashAttention (or Korthikanti's selective recomputation): the attention scores and softmax
-  // (5·a·s/h of the per-layer formula) are recomputed in the backward, not stored.
+  // FlashAttention: the attention scores and softmax (a·s² per layer) are recomputed in the
+  // backward, not stored; q, k, v, the output and the softmax's log-sum-exp are.
   bool flash_attention = false;
 };
 

@@ -46,11 +46,17 @@ struct RewriteInfo {
   int64_t vocab = 0;      // full vocabulary when the logits are vocab-split, else 0
   std::vector<std::string> split;  // names of the parameters that are TP shards (all names of tied ones)
   // The plan's parameters as autotp_layout records them (name, aliases, full shape, dtype, placement,
-  // split_dim, segments, padded; no reasons or bytes); empty for archives written before it existed.
+  // split_dim, segments, padded, units; no reasons or bytes); empty for archives written before it existed.
   std::vector<ParamPlan> params;
 };
 RewriteInfo rewrite_info(const torch::jit::Module& module);
 
+// Where rank `rank` of `tp` cuts a split parameter whose split dim is `extent` long (padding
+// included): one (start, length) per fused segment (one for an unfused parameter). Even: extent/tp
+// each; uneven (p.units): that rank's whole units.
+std::vector<std::pair<int64_t, int64_t>> rank_slices(const ParamPlan& p, int64_t extent, int tp, int rank);
+// The shape of that rank's part (the full shape when replicated).
+std::vector<int64_t> local_shape(const ParamPlan& p, int tp, int rank);
 // This rank's part of a parameter as the plan splits it: a contiguous slice of split_dim, or for a
 // fused projection its slice of every segment; the tensor itself when replicated.
 at::Tensor shard_of(const at::Tensor& full, const ParamPlan& p, int tp, int rank);

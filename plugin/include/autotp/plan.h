@@ -26,6 +26,10 @@ struct ParamPlan {
   std::vector<int64_t> segments;
   // A vocab-split tensor tp does not divide: split_dim's extent after zero padding (0: none).
   int64_t padded = 0;
+  // An uneven split (tp does not divide the dim): how many whole units (heads, kv groups, blocks of
+  // features) each rank holds, in rank order; every segment is cut in sum(units) equal units and
+  // rank r takes units[r] of them after the ranks before it. Empty: an even split, extent / tp each.
+  std::vector<int64_t> units;
   // "tp all-reduce" for a replicated parameter used on split values: each rank's gradient covers
   // only its own heads or features, so it is summed over the TP group (copy_to_tp at that use).
   std::string grad;
@@ -37,7 +41,8 @@ struct RescaleSite {
   std::string where;   // e.g. "aten::view size[2] in model.layers.0.self_attn"
   std::string value;   // what the graph reads there: "constant", "attribute layers.0.self_attn.num_heads"
   int64_t from = 0;
-  int64_t to = 0;
+  int64_t to = 0;      // on tp rank 0
+  std::vector<int64_t> to_per_rank;  // an uneven split: the value on each rank (empty: `to` on all)
   std::string source;  // file:line the graph records, or "<unknown>"
 };
 
@@ -63,10 +68,14 @@ struct GraphSites {
   struct Reduce {  // reduce_from_tp after node; its bias input (or -1) is added once after
     int64_t node = 0, bias_input = -1;
     bool mean = false;  // a mean over the split dim: divided by tp after the reduce
+    std::vector<int64_t> units;  // an uneven split: each rank's mean is weighted units[r]/sum before the reduce
   };
   struct Rescale {  // entry list_index of the size list at input list_input of node (-1: that int input): from -> to
     int64_t node = 0, list_input = 0, list_index = 0, from = 0, to = 0;
     bool runtime = false;  // a size read at run time: the rewrite divides it by tp in the graph
+    // An uneven split: rank r's value is from * units[r] / sum(units) (a run-time size likewise);
+    // empty: from / tp on every rank.
+    std::vector<int64_t> units;
   };
   std::string fingerprint;
   std::vector<Copy> copies;
@@ -95,11 +104,25 @@ struct PlanBytes {
   int64_t replicated = 0;  // parameters every rank holds in full
 };
 
+// How one split family (the linears whose split outputs meet: q/k/v and o_proj; gate/up and down)
+// is cut at the plan's tp: evenly or unevenly in whole units, or kept whole when it has fewer units
+// than tp (its linears replicated; their reason says so).
+struct SplitFamily {
+  std::string name;             // "attention heads", "intermediate size", ...
+  std::vector<std::string> linears;  // weights of the column linears, then the row linears
+  int64_t units = 0;            // whole units its dims are cut in (heads, kv groups, feature blocks)
+  std::string unit;             // what one unit is: "kv group of 3 heads", "64 features"
+  std::vector<int64_t> per_rank;  // units each rank holds (empty: even, units / tp each)
+  bool whole = false;             // fewer units than tp: kept whole, its linears replicated
+};
+
 struct TpPlan {
   std::string model;  // the archive the plan was made from
   std::string graph_kind;  // traced | scripted | frozen
   int tp = 1;
-  std::vector<int> valid_tp;  // every tp the model admits (divisors of the split extents)
+  std::vector<int> valid_tp;  // every tp the model admits (evenly, unevenly in whole units, or with a family kept whole)
+  std::vector<std::string> tp_notes;  // "tp=2: attention heads uneven (2+1 kv groups)", one per valid tp that is not even
+  std::vector<SplitFamily> families;
   int blocks = 0;             // row-parallel linears found (2 per Llama layer)
   std::vector<ParamPlan> parameters;
   std::vector<RescaleSite> rescaled;
