@@ -84,6 +84,20 @@ void die_here_if_asked(const std::string& point, int rank, int64_t step) {
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+// The model failed in bf16 on a dtype clash (a traced Hugging Face graph keeps the fp32 casts it was
+// traced with: "expected m1 and m2 to have the same dtype"): one line with the interpreter's root
+// cause and what to do, instead of its traceback's first line.
+void bf16_dtype_failure(const std::string& what, int64_t step) {
+  if (what.find("dtype") == std::string::npos && what.find("scalar type") == std::string::npos) return;
+  std::string cause = what;
+  const size_t at = what.rfind("RuntimeError: ");
+  if (at != std::string::npos) cause = what.substr(at + 14);
+  cause = first_line(cause);
+  throw Error("train: step " + std::to_string(step) + ": bf16 fails inside the model (" + cause +
+              "): a traced graph keeps the fp32 casts it was traced with; train it in fp32 (\"bf16\": {\"enabled\": false}) "
+              "or use a scripted model");
+}
+
 // --out must not swallow a folder of something else: an autotp checkpoint or rank folder, or new.
 void check_out_folder(const std::string& dir) {
   if (dir.empty() || !fs::exists(dir)) return;
@@ -404,6 +418,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       // A collective failed because a peer died (its sockets closed) or went silent past --timeout,
       // or the model itself failed: the heartbeats tell which.
       const std::string lost = heartbeat.lost_ranks();
+      if (lost.empty() && cfg.bf16) bf16_dtype_failure(e.what(), step + 1);
       if (lost.empty()) throw Error("train: step " + std::to_string(step + 1) + ": " + user_message(e));
       throw Error("train: rank " + std::to_string(mesh.rank()) + ": step " + std::to_string(step + 1) + " failed: " + lost +
                   " is lost (" + first_line(e.what()) + "); " +

@@ -650,6 +650,17 @@ TEST(Train, BadInputsAreOneLine) {
   r = run_command(std::string(AUTOTP_CLI) + " train --config " + w.dir + "/tp1.json --model " + fixture(kModel) + " --data " +
                   w.dir + "/missing.tokens");
   EXPECT_EQ(r.err, "autotp: error: " + w.dir + "/missing.tokens: no such token file; write one with scripts/tokenize_data.py\n");
+  // bf16 on a traced Hugging Face graph (its fp32 casts are baked in): the root cause and what to
+  // do, on one line, not the interpreter's traceback.
+  std::string bf16 = config_text(1);
+  bf16.insert(bf16.rfind('}'), R"(, "bf16": {"enabled": true})");
+  std::ofstream(w.dir + "/bf16.json") << bf16;
+  r = run_command(std::string(AUTOTP_CLI) + " train --config " + w.dir + "/bf16.json --model " + fixture(kModel) + " --data " + w.data +
+                  " --steps 1 --seq 8 --no-verify");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "autotp: error: train: step 1: bf16 fails inside the model (expected m1 and m2 to have the same dtype, but got: "
+                   "float != c10::BFloat16): a traced graph keeps the fp32 casts it was traced with; train it in fp32 "
+                   "(\"bf16\": {\"enabled\": false}) or use a scripted model\n");
   std::filesystem::remove_all(w.dir);
 }
 
