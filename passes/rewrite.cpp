@@ -341,7 +341,10 @@ std::vector<std::pair<int64_t, int64_t>> rank_slices(const ParamPlan& p, int64_t
       out.push_back({start + rank * (seg / tp), seg / tp});
     } else {  // whole units: rank r takes units[r] after the units of the ranks before it
       const int64_t n = std::accumulate(p.units.begin(), p.units.end(), int64_t{0}), unit = seg / n;
-      const int64_t before = std::accumulate(p.units.begin(), p.units.begin() + rank, int64_t{0});
+      int64_t before = std::accumulate(p.units.begin(), p.units.begin() + rank, int64_t{0});
+#if AUTOTP_MUTANT == 7  // mutant (make mutants): an uneven cut's ranks all start at the first unit
+      before = 0;
+#endif
       out.push_back({start + before * unit, p.units.at(static_cast<size_t>(rank)) * unit});
     }
     start += seg;

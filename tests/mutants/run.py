@@ -17,6 +17,7 @@ MUTANTS = [
     (4, "ZeRO-1 forgets the 1/dp gradient mean", "Meshes/TrainMatchesReference.*dp2*"),
     (5, "decoupled weight decay applied twice", "Meshes/TrainMatchesReference.*tp1_dp1*"),
     (6, "replicated weight's TP gradient reduction skipped", "Soundness.PerHeadNorm*:Train.Qwen3*:Architectures/Zoo.*olmo2*"),
+    (7, "an uneven cut's ranks all start at the first unit", "Fixtures/VerifyFixture.*_tp3:MergeRanks.BitExact*"),
 ]
 
 
