@@ -254,8 +254,9 @@ torch::jit::Module load_model(const std::string& path) {
     throw Error(path + ": no such file; pass a TorchScript archive (.pt) saved with torch.jit.save");
   if (std::filesystem::is_directory(path))
     throw Error(path + ": is a directory; pass a TorchScript archive (.pt) saved with torch.jit.save");
+  torch::jit::Module m;
   try {
-    return torch::jit::load(path, c10::kCPU);
+    m = torch::jit::load(path, c10::kCPU);
   } catch (const std::exception& e) {
     std::string what = e.what();
     auto nl = what.find('\n');
@@ -265,6 +266,8 @@ torch::jit::Module load_model(const std::string& path) {
                            : "; save the model with torch.jit.save";
     throw Error(path + ": not a readable TorchScript archive (" + what + ")" + hint);
   }
+  follow_parameter_dtype(m);
+  return m;
 }
 
 ModelGraph load_model_graph(const std::string& path) { return model_graph_from(load_model(path), path); }

@@ -165,7 +165,7 @@ Setup prepare(const std::string& path, const VerifyOptions& o) {
     throw Error("verify: --dtype " + o.dtype + " is not supported; use fp32 or bf16");
   Setup s;
   s.original = load_model(path);
-  if (o.dtype == "bf16") s.original.to(at::kBFloat16);
+  if (o.dtype == "bf16") set_compute_dtype(s.original, at::kBFloat16);
   s.plan = plan_model(s.original, o.tp, path);
   s.shape = example_shape(s.original);
   if (o.batch > 0) s.shape[0] = o.batch;

@@ -84,9 +84,10 @@ void die_here_if_asked(const std::string& point, int rank, int64_t step) {
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-// The model failed in bf16 on a dtype clash (a traced Hugging Face graph keeps the fp32 casts it was
-// traced with: "expected m1 and m2 to have the same dtype"): one line with the interpreter's root
-// cause and what to do, instead of its traceback's first line.
+// The model failed in bf16 on a dtype clash ("expected m1 and m2 to have the same dtype": a Hugging
+// Face graph traced in fp32 keeps the fp32 casts it was traced with, where one traced in bf16 follows
+// its parameters' dtype, passes/compute_dtype.cpp): one line with the interpreter's root cause and
+// what to do, instead of its traceback's first line.
 void bf16_dtype_failure(const std::string& what, int64_t step) {
   if (what.find("dtype") == std::string::npos && what.find("scalar type") == std::string::npos) return;
   std::string cause = what;
@@ -94,8 +95,8 @@ void bf16_dtype_failure(const std::string& what, int64_t step) {
   if (at != std::string::npos) cause = what.substr(at + 14);
   cause = first_line(cause);
   throw Error("train: step " + std::to_string(step) + ": bf16 fails inside the model (" + cause +
-              "): a traced graph keeps the fp32 casts it was traced with; train it in fp32 (\"bf16\": {\"enabled\": false}) "
-              "or use a scripted model");
+              "): a graph traced in fp32 keeps the fp32 casts it was traced with; trace it in bf16 "
+              "(scripts/export_hf.py --dtype bf16) or train it in fp32 (\"bf16\": {\"enabled\": false})");
 }
 
 // --out must not swallow a folder of something else: an autotp checkpoint or rank folder, or new.
@@ -209,7 +210,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   // runs the graph as written, with eager autograd, on every step of every run (this thread only;
   // planning and the check above ran before it, as the analysis expects).
   torch::jit::GraphOptimizerEnabledGuard plain_graph(false);
-  if (cfg.bf16) model.to(at::kBFloat16);
+  if (cfg.bf16) set_compute_dtype(model, at::kBFloat16);
   model.train();
 
   TokenData data(options.data_path);

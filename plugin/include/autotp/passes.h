@@ -18,8 +18,21 @@
 
 namespace autotp {
 
-// torch::jit::load with a one-line autotp::Error for a missing or unreadable file.
+// torch::jit::load with a one-line autotp::Error for a missing or unreadable file. A trace made in
+// bf16 comes back computing in its parameters' dtype, in fp32 (follow_parameter_dtype).
 torch::jit::Module load_model(const std::string& path);
+
+// A trace made in bf16 (every floating parameter bf16, dtype arguments that read bf16): those
+// arguments are made to read the dtype of the 0-dim buffer `autotp_compute_dtype` (the forward is
+// inlined first), and parameters and buffer go to fp32. The module then computes the fp32 function
+// the trace stands for; set_compute_dtype(m, bf16) gives back the trace's bf16 computation. Returns
+// whether it changed the module (false for fp32 traces, whose casts cannot be told apart from the
+// deliberate fp32 upcasts, and for scripted code, which reads dtypes at run time already).
+bool follow_parameter_dtype(torch::jit::Module& m);
+bool follows_parameter_dtype(const torch::jit::Module& m);
+// The module's floating parameters (and compute dtype) to `dtype`; other buffers keep theirs when the
+// module follows its parameters' dtype (a bf16 model's fp32 rotary table). Otherwise module.to(dtype).
+void set_compute_dtype(torch::jit::Module& m, at::ScalarType dtype);
 
 // The plan for tp ranks (as `autotp inspect` prints it); `label` names the model in messages.
 TpPlan plan_model(const torch::jit::Module& module, int tp, const std::string& label);
