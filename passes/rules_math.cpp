@@ -276,6 +276,7 @@ void register_math_rules(RuleTable& t) {
   add_rule(t, "aten::bmm", matmul_rule);
   add_rule(t, "aten::einsum", einsum_rule);
   add_rule(t, "aten::scaled_dot_product_attention", sdpa_rule);
+  add_rule(t, "autotp::causal_attention", sdpa_rule);  // passes/sdpa.cpp: SDPA with the model's causal mask checked
 }
 
 }  // namespace autotp

@@ -155,6 +155,7 @@ std::map<std::string, CollectiveCount> since(std::map<std::string, CollectiveCou
 // its plan, the batch shape and the report's header.
 struct Setup {
   torch::jit::Module original;
+  torch::jit::Module source;  // what the ranks are rewritten from: the original, or its --sdpa form
   TpPlan plan;
   std::vector<int64_t> shape;
   VerifyReport report;
@@ -166,7 +167,13 @@ Setup prepare(const std::string& path, const VerifyOptions& o) {
   Setup s;
   s.original = load_model(path);
   if (o.dtype == "bf16") set_compute_dtype(s.original, at::kBFloat16);
-  s.plan = plan_model(s.original, o.tp, path);
+  s.source = s.original;
+  if (o.sdpa) {  // a second load (Module::clone would share what it should not)
+    s.source = load_model(path);
+    if (o.dtype == "bf16") set_compute_dtype(s.source, at::kBFloat16);
+    s.report.sdpa_sites = use_sdpa(s.source);
+  }
+  s.plan = plan_model(s.source, o.tp, path);
   s.shape = example_shape(s.original);
   if (o.batch > 0) s.shape[0] = o.batch;
   if (o.seq > 0) s.shape[1] = o.seq;
@@ -227,6 +234,9 @@ std::string VerifyReport::text() const {
     for (const auto& [name, e] : grad_errors)
       out << "    " << std::left << std::setw(56) << name << " " << e << (e <= tolerance ? "" : "  FAIL") << "\n";
   out << "  tolerance " << tolerance << " (" << dtype << ")\n";
+  if (sdpa_sites >= 0)
+    out << "  sdpa      " << sdpa_sites << " attention sites run as scaled_dot_product_attention(is_causal=True) on the ranks; "
+        << "the reference is the model as traced\n";
   out << "  collectives on the tp group of rank 0, one forward+backward:\n";
   for (const auto& [site, c] : tp_by_site)
     out << "    " << std::left << std::setw(42) << site << " calls " << std::setw(4) << c.calls << " bytes " << c.bytes
@@ -249,7 +259,7 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
   const PlanIndex index = index_of(s.plan);
   const int tp = o.tp;
   std::vector<torch::jit::Module> ranks;
-  for (int r = 0; r < tp; ++r) ranks.push_back(rewrite(s.original, s.plan, r));
+  for (int r = 0; r < tp; ++r) ranks.push_back(rewrite(s.source, s.plan, r));
   const bool vocab_split = rewrite_info(ranks[0]).vocab > 0;
 
   auto store = c10::make_intrusive<c10d::HashStore>();
@@ -318,9 +328,10 @@ VerifyReport verify_on_mesh(const std::string& path, const VerifyOptions& o, Mes
                 " but verify needs exactly one tp group of " + std::to_string(o.tp) +
                 " ranks; launch with --nproc_per_node " + std::to_string(o.tp));
   Setup s = prepare(path, o);
-  torch::jit::Module mine = rewrite(s.original, s.plan, mesh.tp_rank());
+  torch::jit::Module mine = rewrite(s.source, s.plan, mesh.tp_rank());
   VerifyReport rep = verify_rank(s.original, s.plan, mine, s.shape, o.seed, mesh);
   rep.model = path;
+  rep.sdpa_sites = s.report.sdpa_sites;
   rep.per_parameter = o.per_parameter;
   return rep;
 }

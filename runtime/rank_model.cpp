@@ -9,7 +9,7 @@
 namespace autotp {
 
 
-RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank) {
+RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank, bool sdpa) {
   if (std::filesystem::is_directory(path)) {
     const std::string mine = path + "/rank" + std::to_string(tp_rank) + ".pt";
     if (!std::filesystem::exists(mine))
@@ -21,14 +21,17 @@ RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank) {
       throw Error(mine + ": rewritten for tp=" + std::to_string(info.tp) + " rank " + std::to_string(info.tp_rank) +
                   ", but this is rank " + std::to_string(tp_rank) + " of tensor_parallel.autotp_size " + std::to_string(tp) +
                   "; rewrite the model with --tp " + std::to_string(tp));
+    if (sdpa)
+      throw Error("--sdpa: " + path + " holds rank archives, already rewritten; use --sdpa with the full model's archive");
     return {m, std::nullopt, {}};
   }
   torch::jit::Module original = load_model(path);
   if (rewrite_info(original).tp != 0)
     throw Error(path + ": is one rank of a rewritten model; pass the directory that holds all rank<r>.pt files");
+  const int sites = sdpa ? use_sdpa(original) : -1;
   TpPlan plan = plan_model(original, static_cast<int>(tp), path);
   torch::jit::Module mine = rewrite(original, plan, tp_rank);
-  return {mine, original, plan};
+  return {mine, original, plan, sites};
 }
 
 }  // namespace autotp

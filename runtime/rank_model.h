@@ -18,9 +18,11 @@ struct RankModel {
   torch::jit::Module module;
   std::optional<torch::jit::Module> original;  // the full model when --model is one archive
   TpPlan plan;
+  int sdpa_sites = -1;  // attention sites use_sdpa replaced (-1: not asked)
 };
 
 // Throws autotp::Error for a rank folder of another tp or a missing rank archive.
-RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank);
+// sdpa: the full model's eager causal attention becomes scaled_dot_product_attention first (use_sdpa).
+RankModel load_rank_model(const std::string& path, int64_t tp, int tp_rank, bool sdpa = false);
 
 }  // namespace autotp

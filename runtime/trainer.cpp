@@ -190,7 +190,11 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   torch::jit::Module model;
   TpPlan plan;
   {
-    RankModel rm = load_rank_model(options.model_path, cfg.tp, mesh.tp_rank());
+    RankModel rm = load_rank_model(options.model_path, cfg.tp, mesh.tp_rank(), options.sdpa);
+    if (chatty && rm.sdpa_sites >= 0)
+      std::cout << "sdpa: " << rm.sdpa_sites << " attention site" << (rm.sdpa_sites == 1 ? "" : "s")
+                << " now scaled_dot_product_attention(is_causal=True)"
+                << (rm.sdpa_sites == 0 ? " (none matched the eager causal pattern: attention stays as traced)" : "") << "\n";
     model = rm.module;
     plan = rm.plan;
     if (options.verify && rm.original && !from) {

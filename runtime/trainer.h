@@ -41,6 +41,8 @@ struct TrainOptions {
   // Before step 1, compare this rank's sharded module with the unsharded one on one small batch
   // (only possible when --model is a single archive: every rank holds the full model then).
   bool verify = true;
+  // Eager causal attention -> scaled_dot_product_attention (use_sdpa) before planning.
+  bool sdpa = false;
 };
 
 struct StepMetrics {

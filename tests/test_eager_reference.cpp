@@ -137,8 +137,22 @@ void on_ranks(int tp, Fn fn) {
 
 class EagerReference : public testing::TestWithParam<std::string> {};
 
-TEST_P(EagerReference, UnshardedAndTp2MatchTheHuggingFaceEagerModel) {
-  const std::string name = GetParam();
+// Attention sites use_sdpa replaces per fixture: every layer (2) where the model's attention is
+// Hugging Face's eager_attention_forward shape (q·kᵀ times a constant + a causal mask built from
+// sizes, softmax, ·v); 0 where it is another shape, which stays as traced (Gemma-2's soft-capping,
+// GPT-2's scale divided by a tensor, Bloom's ALiBi, and the rest with their own attention code).
+const std::map<std::string, int> kSdpaSites = {
+    {"llama_mha", 2},     {"llama_gqa", 2},    {"llama_tied", 2},    {"qwen2", 2},         {"mistral", 2},
+    {"qwen3", 2},         {"qwen3_tied", 2},   {"llama_vocab251", 2}, {"llama_gqa_bf16", 2}, {"zoo_llama", 2},
+    {"zoo_mistral", 2},   {"zoo_mixtral", 2},  {"zoo_qwen2", 2},     {"zoo_qwen3", 2},     {"zoo_gemma", 2},
+    {"zoo_phi", 2},       {"zoo_phi3", 2},     {"zoo_olmo2", 2},     {"zoo_cohere", 2},    {"zoo_granite", 2},
+    {"zoo_gpt_neox", 2},  {"zoo_opt", 2},      {"zoo_gptj", 2},      {"zoo_starcoder2", 2}, {"zoo_stablelm", 0},
+    {"zoo_gemma2", 0},    {"zoo_falcon", 0},   {"zoo_gpt2", 0},      {"zoo_codegen", 0},   {"zoo_gpt_bigcode", 0},
+    {"zoo_bloom", 0}};
+
+// The archive (with its eager attention made scaled_dot_product_attention when `sdpa`), unsharded
+// and at tp=2, against transformers' eager model: logits, loss and every gradient within 1e-5.
+void check_against_eager(const std::string& name, bool sdpa) {
   const Eager eager = load_eager(name);
   const auto entry = manifest().at(name);
   const int64_t vocab = entry.at("vocab");
@@ -149,6 +163,10 @@ TEST_P(EagerReference, UnshardedAndTp2MatchTheHuggingFaceEagerModel) {
   EXPECT_EQ(eager.logits.sizes(), (std::vector<int64_t>{eager.ids.size(0), eager.ids.size(1), vocab}));
 
   torch::jit::Module original = autotp::load_model(fixture(name));
+  if (sdpa) {
+    ASSERT_TRUE(kSdpaSites.count(name)) << name << ": how many sites should use_sdpa replace?";
+    EXPECT_EQ(autotp::use_sdpa(original), kSdpaSites.at(name));
+  }
   // Every parameter of the archive has a gradient in the file, once per tensor (a tied weight's
   // other names point at a tensor the file lists).
   std::map<std::string, const at::Tensor*> eager_grad;
@@ -184,7 +202,7 @@ TEST_P(EagerReference, UnshardedAndTp2MatchTheHuggingFaceEagerModel) {
   ASSERT_GT(autotp::rewrite_info(ranks[0]).vocab, 0) << "the logits should leave the rank modules vocab-split";
   std::vector<Step> steps(tp);
   on_ranks(tp, [&](int r) { steps[r] = run(ranks[r], eager.ids, /*vocab_parallel=*/true); });
-  if (HasFatalFailure()) return;
+  if (testing::Test::HasFatalFailure()) return;
 
   std::map<std::string, const autotp::ParamPlan*> planned;
   for (const auto& p : plan.parameters) {
@@ -214,6 +232,10 @@ TEST_P(EagerReference, UnshardedAndTp2MatchTheHuggingFaceEagerModel) {
   }
   expect_within(e, "tp2");
 }
+
+TEST_P(EagerReference, UnshardedAndTp2MatchTheHuggingFaceEagerModel) { check_against_eager(GetParam(), false); }
+// use_sdpa (passes/sdpa.cpp) proven in fp32 on every traced fixture, unsharded and at tp=2.
+TEST_P(EagerReference, WithSdpaUnshardedAndTp2MatchTheHuggingFaceEagerModel) { check_against_eager(GetParam(), true); }
 
 INSTANTIATE_TEST_SUITE_P(Traced, EagerReference, testing::ValuesIn(kFixtures),
                          [](const testing::TestParamInfo<std::string>& info) { return info.param; });

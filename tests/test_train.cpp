@@ -418,7 +418,7 @@ TEST(Train, PaddedVocabularyTrainsLikeOneProcess) {
 //   smollm2 tp=2 and 4 (real weights, 9 heads, 3 kv heads): kv groups 2+1; attention kept whole.
 // One reference run (the config's peak lr replaced by `lr`) against training at each tp.
 void expect_trains_like_one_process(const std::string& model, const std::vector<int>& tps, double tolerance,
-                                    const std::string& lr = "3e-3", double norm_tolerance = 1e-4) {
+                                    const std::string& lr = "3e-3", double norm_tolerance = 1e-4, const std::string& extra = "") {
   std::string text = config_text(1);
   for (size_t at = text.find("3e-3"); at != std::string::npos; at = text.find("3e-3", at + lr.size())) text.replace(at, 4, lr);
   Workspace w = workspace(tps.front(), 1, model);
@@ -429,8 +429,10 @@ void expect_trains_like_one_process(const std::string& model, const std::vector<
     std::ofstream(w.config) << std::regex_replace(text, std::regex("\"autotp_size\": 1"), "\"autotp_size\": " + std::to_string(tp));
     const std::string metrics = w.dir + "/metrics" + std::to_string(tp) + ".jsonl", out = w.dir + "/out" + std::to_string(tp);
     auto r = torchrun_train(tp, "--config " + w.config + " --model " + fixture(model) + " --data " + w.data + " --steps " +
-                                    std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics + " --out " + out);
+                                    std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics + " --out " + out + extra);
     ASSERT_EQ(r.status, 0) << r.out << r.err;
+    if (extra.find("--sdpa") != std::string::npos)
+      EXPECT_NE(r.out.find("sdpa: 2 attention sites now scaled_dot_product_attention(is_causal=True)"), std::string::npos) << r.out;
     auto rows = read_metrics(metrics);
     ASSERT_EQ(static_cast<int64_t>(rows.size()), kSteps);
     double worst = 0, worst_norm = 0;
@@ -460,6 +462,9 @@ void expect_trains_like_one_process(const std::string& model, const std::vector<
 
 TEST(Train, UnevenKvGroupsAndFeatureBlocksTrainLikeOneProcess) { expect_trains_like_one_process("llama_gqa", {3}, 1e-4); }
 TEST(Train, AttentionKeptWholeAtTwiceTheKvHeadsTrainsLikeOneProcess) { expect_trains_like_one_process("mistral", {4}, 1e-4); }
+// --sdpa (passes/sdpa.cpp): the ranks train with scaled_dot_product_attention(is_causal=True) where
+// the traced eager attention was; the reference keeps the eager attention.
+TEST(Train, SdpaTrainsLikeTheEagerAttention) { expect_trains_like_one_process("qwen2", {2}, 1e-4, "3e-3", 1e-4, " --sdpa"); }
 
 // SmolLM2 (real weights) at tp=2 (kv groups 2+1) and tp=4 (attention whole, MLP 384 each), at a
 // fine-tuning lr (1e-4): at the fixtures' 3e-3 its trajectory is chaotic (the gradient norm jumps

@@ -30,6 +30,12 @@ torch::jit::Module load_model(const std::string& path);
 // deliberate fp32 upcasts, and for scripted code, which reads dtypes at run time already).
 bool follow_parameter_dtype(torch::jit::Module& m);
 bool follows_parameter_dtype(const torch::jit::Module& m);
+// Hugging Face's eager causal attention (q·kᵀ·scale + mask, softmax, ·v) replaced by
+// autotp::causal_attention, scaled_dot_product_attention(is_causal=True), wherever the mask is built
+// from sizes alone (passes/sdpa.cpp; the op checks on every call that the mask is the causal one).
+// Inlines forward. Returns the number of attention sites replaced (0: none matched, left eager).
+int use_sdpa(torch::jit::Module& m);
+
 // The module's floating parameters (and compute dtype) to `dtype`; other buffers keep theirs when the
 // module follows its parameters' dtype (a bf16 model's fp32 rotary table). Otherwise module.to(dtype).
 void set_compute_dtype(torch::jit::Module& m, at::ScalarType dtype);

@@ -28,6 +28,9 @@ struct VerifyOptions {
   int64_t seq = 0;             // 0: as the model was traced (8 for scripted models)
   uint64_t seed = 1234;
   bool per_parameter = false;  // list every parameter's gradient error in text()
+  // The ranks run the model with its eager causal attention made scaled_dot_product_attention
+  // (use_sdpa); the reference stays the model as it is. Proves the pass and the sharding together.
+  bool sdpa = false;
 };
 
 struct VerifyReport {
@@ -42,6 +45,7 @@ struct VerifyReport {
   int grads_compared = 0;   // 0 for a frozen archive (no trainable parameters)
   std::vector<std::pair<std::string, double>> grad_errors;  // every parameter, in module order
   bool per_parameter = false;
+  int sdpa_sites = -1;  // attention sites the ranks run as scaled_dot_product_attention (-1: not asked)
   bool vocab_split = false;
   // Rank 0's tp group over the one forward+backward: by op site and by collective kind.
   std::map<std::string, CollectiveCount> tp_by_site, tp_by_kind;
