@@ -29,6 +29,7 @@ struct ConfigOverrides {
   std::optional<int64_t> grad_accum;   // --grad-accum  -> gradient_accumulation_steps
   std::optional<double> lr;            // --lr          -> optimizer.params.lr
   std::optional<int64_t> world_size;   // --world-size: total ranks (tp x dp); not a config key
+  std::optional<int64_t> steps_per_print;  // --llamafactory's logging_steps -> steps_per_print
   // --hf-args sft.yaml: fills every "auto" as transformers' DeepSpeed integration does, and checks
   // the values that are not "auto" against it (runtime/config_hf.cpp).
   std::shared_ptr<const HfArgs> hf_args;

@@ -19,6 +19,9 @@ void check_overrides(Ctx& ctx) {
   if (o.micro_batch && *o.micro_batch < 1) ctx.add("--micro-batch", "expected a positive integer, got " + std::to_string(*o.micro_batch));
   if (o.grad_accum && *o.grad_accum < 1) ctx.add("--grad-accum", "expected a positive integer, got " + std::to_string(*o.grad_accum));
   if (o.lr && !(*o.lr >= 0)) ctx.add("--lr", "expected a non-negative number, got " + num(*o.lr));
+  if (o.steps_per_print && *o.steps_per_print < 1)
+    ctx.add("logging_steps", "expected a positive integer, got " + std::to_string(*o.steps_per_print));
+  else if (o.steps_per_print) ctx.cfg.steps_per_print = *o.steps_per_print;
 }
 
 void resolve_tp(Ctx& ctx) {

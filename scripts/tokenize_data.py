@@ -8,6 +8,9 @@
     # format is detected from the keys, or named with --format alpaca|sharegpt|messages
     .venv/bin/python scripts/tokenize_data.py --input data/sft_demo.json --out sft.tokens \\
         --cutoff-len 512 --eval-split 0.1 --eval-out sft.eval.tokens
+    # LLaMA-Factory's SFT data: dataset_info.json names, its chat template, cutoff_len (scripts/llamafactory_data.py)
+    .venv/bin/python scripts/tokenize_data.py --llamafactory-dataset alpaca_demo --dataset-dir data --template qwen \\
+        --cutoff-len 2048 --tokenizer HF_MODEL_DIR --out sft.tokens
     # synthetic token stream for tests: a repeating pattern a small model can learn
     .venv/bin/python scripts/tokenize_data.py --synthetic 256 --tokens 4096 --out y.tokens
 
@@ -256,7 +259,16 @@ def main(argv=None):
     ap.add_argument("--synthetic", type=int, metavar="VOCAB", help="write a synthetic stream over VOCAB ids")
     ap.add_argument("--tokens", type=int, default=4096, help="length of the synthetic stream")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream and of the eval split")
+    lf = ap.add_argument_group("LLaMA-Factory data (scripts/llamafactory_data.py; what autotp train --llamafactory runs)")
+    lf.add_argument("--llamafactory-dataset", metavar="NAMES", help="dataset names of DIR/dataset_info.json, comma-separated")
+    lf.add_argument("--dataset-dir", default="data", metavar="DIR", help="the folder of dataset_info.json (default data)")
+    lf.add_argument("--template", help="LLaMA-Factory's template name (llamafactory_data.TEMPLATES)")
+    lf.add_argument("--max-samples", type=int, default=0, metavar="N", help="the first N records of each dataset")
+    lf.add_argument("--train-on-prompt", action="store_true", help="labels on the prompt too")
     a = ap.parse_args(argv)
+    if a.llamafactory_dataset:
+        import llamafactory_data
+        return llamafactory_data.tokenize(a)
     if a.synthetic:
         rng = np.random.default_rng(a.seed)
         # Short random phrases repeated with noise: learnable, not trivial.

@@ -4,6 +4,7 @@
 //   autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X]
 //   autotp check   CONFIG.json [--world-size W] [--hf-args sft.yaml [--data D.tokens [--seq S]]]
 //   autotp train   --config C.json --model M.pt --data D.tokens [--hf-args sft.yaml] [--steps N] [--no-verify] ...
+//   autotp train   --llamafactory sft.yaml [--steps N] [--metrics F] [--no-verify] ...
 //   autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]
 //   autotp plan    (MODEL.pt | --hf-config config.json) --gpus-per-node G ... (memory and traffic per strategy)
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include "autotp/passes.h"
 #include "autotp/verify.h"
 #include "plugin/cli/cli.h"
+#include "plugin/cli/llamafactory_cmd.h"
 #include "runtime/config.h"
 #include "runtime/hf_args.h"
 #include "runtime/token_data.h"
@@ -42,6 +44,7 @@ const char* kUsage =
     "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify] [--sdpa]\n"
     "                      [--save-dir DIR [--save-every N] [--keep K]] [--resume DIR] [--no-shuffle]\n"
     "                      [--eval-data F.tokens [--eval-every N] [--eval-samples N]] [--timeout SECONDS]\n"
+    "       autotp train   --llamafactory sft.yaml [--steps N] [--metrics F] [--no-verify] [--no-shuffle] [--timeout S]\n"
     "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param] [--sdpa]\n"
     "       autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]\n"
     "       autotp plan    (MODEL.pt | --hf-config config.json) (--cluster NAME | --gpus-per-node G --gpu-memory 80GiB\n"
@@ -70,6 +73,9 @@ const char* kUsage =
     "           --save-dir DIR writes DIR/step-<N>/ (weights, ZeRO partitions, schedule and data position,\n"
     "           RNG) atomically every --save-every steps and after the last; --resume DIR continues bit\n"
     "           for bit (another dp or tp: re-partitioned). --eval-data reports held-out loss.\n"
+    "           --llamafactory sft.yaml runs a LLaMA-Factory YAML: its local model folder traced and its\n"
+    "           dataset_info.json datasets tokenized with its template (both cached), its deepspeed: file, checkpoints\n"
+    "           and the merged Hugging Face model in output_dir; keys autotp does not implement are refused.\n"
     "  merge    the rank archives in SRC (rank0.pt.., or a checkpoint root whose file `latest` names them)\n"
     "           back as one Hugging Face folder: model.safetensors (sharded above --max-shard-size),\n"
     "           tied weights once, vocab padding stripped; config and tokenizer files when the model was\n"
@@ -266,15 +272,18 @@ int cmd_check(const std::vector<std::string>& args) {
 int cmd_train(const std::vector<std::string>& args) {
   autotp::TrainOptions o;
   int64_t timeout_s = 600;
-  std::string hf_yaml;
+  std::string hf_yaml, lf_yaml;
+  std::vector<std::string> given;  // options seen, for --llamafactory
   bool steps_given = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
+    given.push_back(a);
     if (a == "--config") o.config_path = value_of(args, i, "configs/zero1_tp2.json");
     else if (a == "--model") o.model_path = value_of(args, i, "MODEL.pt");
     else if (a == "--data") o.data_path = value_of(args, i, "DATA.tokens");
     else if (a == "--steps") o.steps = parse_int(a, value_of(args, i, "20")), steps_given = true;
     else if (a == "--hf-args") hf_yaml = value_of(args, i, "sft.yaml");
+    else if (a == "--llamafactory") lf_yaml = value_of(args, i, "sft.yaml");
     else if (a == "--seq") o.seq = parse_int(a, value_of(args, i, "64"));
     else if (a == "--out") o.out_dir = value_of(args, i, "DIR");
     else if (a == "--metrics") o.metrics_path = value_of(args, i, "metrics.jsonl");
@@ -297,9 +306,11 @@ int cmd_train(const std::vector<std::string>& args) {
       throw autotp::Error("train: unknown argument '" + a + "'; usage: autotp train --config C.json --model M.pt --data D.tokens "
                           "[--steps N] [--seq S] [--out DIR] [--metrics FILE] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify] "
                           "[--save-dir DIR --save-every N --keep K] [--resume DIR] [--eval-data F --eval-every N --eval-samples N] "
-                          "[--no-shuffle] [--timeout SECONDS] [--hf-args sft.yaml]");
+                          "[--no-shuffle] [--timeout SECONDS] [--hf-args sft.yaml], or autotp train --llamafactory sft.yaml");
   }
   if (timeout_s < 1) throw autotp::Error("train: --timeout must be at least 1 second");
+  autotp_cli::LlamaFactoryTrain lf;
+  if (!lf_yaml.empty() && !autotp_cli::llamafactory_train_options(lf_yaml, given, o, lf)) return 1;
   if (!read_hf_args(hf_yaml, o.config_path, o.overrides)) return 1;
   if (o.config_path.empty() || o.model_path.empty() || o.data_path.empty())
     throw autotp::Error("train: --config, --model and --data are required; usage: autotp train --config C.json --model M.pt --data D.tokens");
@@ -326,6 +337,7 @@ int cmd_train(const std::vector<std::string>& args) {
     autotp::set_process_mesh(mesh);
   }
   autotp::train(o, *mesh);
+  if (!lf_yaml.empty() && mesh->rank() == 0) autotp_cli::llamafactory_merge(lf);
   return 0;
 }
 
