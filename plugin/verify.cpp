@@ -1,6 +1,8 @@
 // autotp verify: the rewrite against the unsharded model, forward + backward (see autotp/verify.h).
 #include "autotp/verify.h"
 
+#include <torch/cuda.h>
+
 #include <cmath>
 #include <iomanip>
 #include <limits>
@@ -254,12 +256,21 @@ std::string VerifyReport::text() const {
 
 VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
   Setup s = prepare(path, o);
-  const Batch batch = make_batch(s.shape, vocab_of(s.plan), o.seed);
-  const StepResult reference = reference_step(s.original, batch, path);
-  const PlanIndex index = index_of(s.plan);
+  const bool cuda = torch::cuda::is_available();
+  const c10::Device device =
+      choose_rank_device(o.device == "auto" ? "cpu" : o.device, cuda, cuda ? static_cast<int64_t>(torch::cuda::device_count()) : 0, 0);
+  Batch batch = make_batch(s.shape, vocab_of(s.plan), o.seed);
   const int tp = o.tp;
   std::vector<torch::jit::Module> ranks;
   for (int r = 0; r < tp; ++r) ranks.push_back(rewrite(s.source, s.plan, r));
+  if (!device.is_cpu()) {
+    batch.ids = batch.ids.to(device);
+    batch.labels = batch.labels.to(device);
+    s.original.to(device);
+    for (auto& m : ranks) m.to(device);
+  }
+  const StepResult reference = reference_step(s.original, batch, path);
+  const PlanIndex index = index_of(s.plan);
   const bool vocab_split = rewrite_info(ranks[0]).vocab > 0;
 
   auto store = c10::make_intrusive<c10d::HashStore>();

@@ -24,6 +24,8 @@ EvalResult evaluate(torch::jit::Module& model, const TokenData& data, Mesh& mesh
     model.eval();
     for (int64_t first = lo; first < hi; first += micro) {
       Batch b = data.samples_at(first, std::min(micro, hi - first), seq);
+      b.input = b.input.to(mesh.rank_device());
+      b.labels = b.labels.to(mesh.rank_device());
       at::Tensor logits = logits_of(model.forward({b.input}));
       sum += vocab_parallel_cross_entropy(logits, b.labels, kIgnoreLabel, "tp", mesh.tp()).to(at::kDouble).sum().item<double>();
       count += static_cast<double>(b.labels.ne(kIgnoreLabel).sum().item<int64_t>());

@@ -7,10 +7,12 @@
 #include <thread>
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/cuda.h>
 #ifdef AUTOTP_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -56,7 +58,13 @@ c10::intrusive_ptr<c10d::Backend> make_backend(const c10::intrusive_ptr<c10d::St
 #ifdef AUTOTP_WITH_NCCL
     auto o = c10d::ProcessGroupNCCL::Options::create();
     o->timeout = options.timeout;
-    return c10::make_intrusive<c10d::ProcessGroupNCCL>(scoped, rank, size, o);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(scoped, rank, size, o);
+    if (options.device_index >= 0) {  // bound to this rank's GPU and connected now, not at the first collective
+      const at::Device gpu(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(options.device_index));
+      pg->setBoundDeviceId(gpu);
+      pg->eagerConnectSingleDevice(gpu);
+    }
+    return pg;
 #else
     throw Error("mesh on CUDA: this libautotp was built against a CPU LibTorch, so it has no NCCL backend; "
                 "build autotp against a CUDA torch or use the CPU mesh");
@@ -76,7 +84,7 @@ std::shared_ptr<Group> make_group(const c10::intrusive_ptr<c10d::Store>& store, 
   // A group of one needs no backend: its collectives are identities.
   c10::intrusive_ptr<c10d::Backend> backend;
   if (ranks.size() > 1) backend = make_backend(store, prefix, me, static_cast<int>(ranks.size()), options);
-  auto g = std::make_shared<Group>(name, ranks, me, backend, options.device);
+  auto g = std::make_shared<Group>(name, ranks, me, backend, options.device, options.device_index);
   std::lock_guard<std::mutex> lock(g_registry_mu);
   g_registry[g->id()] = g;
   return g;
@@ -104,9 +112,14 @@ std::string env_str(const char* name, const std::string& fallback) {
 // ---- Group -----------------------------------------------------------------------------------------
 
 Group::Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend,
-             c10::DeviceType device)
+             c10::DeviceType device, int device_index)
     : name_(std::move(name)), ranks_(std::move(ranks)), rank_(rank), id_(g_next_id++), backend_(std::move(backend)),
-      device_(device) {}
+      device_(device), device_index_(device_index) {}
+
+at::Tensor Group::staged(const at::Tensor& t) const {
+  if (device_ == c10::DeviceType::CPU || t.device().type() == device_) return t;
+  return t.to(c10::Device(device_, static_cast<c10::DeviceIndex>(device_index_)));
+}
 
 void Group::count(const std::string& kind, const std::string& site, int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -121,22 +134,24 @@ void Group::count(const std::string& kind, const std::string& site, int64_t byte
 void Group::all_reduce(at::Tensor& t, c10d::ReduceOp op, const std::string& site) {
   if (size() == 1) return;
   TORCH_CHECK(t.is_contiguous(), "autotp: all_reduce needs a contiguous tensor");
-  std::vector<at::Tensor> ts{t};
+  at::Tensor work = staged(t);
+  std::vector<at::Tensor> ts{work};
   c10d::AllreduceOptions o;
   o.reduceOp = op;
   finish(backend_->allreduce(ts, o), device_);
+  if (!work.is_same(t)) t.copy_(work);
   count("all_reduce", site, payload_bytes(t));
 }
 
 at::Tensor Group::all_gather(const at::Tensor& t, int64_t dim, const std::string& site) {
   if (size() == 1) return t;
-  at::Tensor in = t.contiguous();
+  at::Tensor in = staged(t.contiguous());
   std::vector<at::Tensor> inputs{in};
   std::vector<std::vector<at::Tensor>> outputs(1);
   for (int i = 0; i < size(); ++i) outputs[0].push_back(at::empty_like(in));
   finish(backend_->allgather(outputs, inputs), device_);
   count("all_gather", site, payload_bytes(in));
-  return at::cat(outputs[0], dim);
+  return at::cat(outputs[0], dim).to(t.device());
 }
 
 void Group::all_gather_flat(at::Tensor& out, const at::Tensor& in, const std::string& site) {
@@ -145,8 +160,9 @@ void Group::all_gather_flat(at::Tensor& out, const at::Tensor& in, const std::st
     out.copy_(in.view_as(out));
     return;
   }
-  at::Tensor src = in.contiguous();
-  finish(backend_->_allgather_base(out, src), device_);
+  at::Tensor src = staged(in.contiguous()), dst = staged(out);
+  finish(backend_->_allgather_base(dst, src), device_);
+  if (!dst.is_same(out)) out.copy_(dst);
   count("all_gather", site, payload_bytes(src));
 }
 
@@ -156,17 +172,20 @@ void Group::reduce_scatter_flat(at::Tensor& out, const at::Tensor& in, const std
     out.copy_(in.view_as(out));
     return;
   }
-  at::Tensor src = in.contiguous();
-  finish(backend_->_reduce_scatter_base(out, src), device_);
+  at::Tensor src = staged(in.contiguous()), dst = staged(out);
+  finish(backend_->_reduce_scatter_base(dst, src), device_);
+  if (!dst.is_same(out)) out.copy_(dst);
   count("reduce_scatter", site, payload_bytes(src));
 }
 
 void Group::broadcast(at::Tensor& t, int root, const std::string& site) {
   if (size() == 1) return;
-  std::vector<at::Tensor> ts{t};
+  at::Tensor work = staged(t);
+  std::vector<at::Tensor> ts{work};
   c10d::BroadcastOptions o;
   o.rootRank = root;
   finish(backend_->broadcast(ts, o), device_);
+  if (!work.is_same(t)) t.copy_(work);
   count("broadcast", site, payload_bytes(t));
 }
 
@@ -174,7 +193,7 @@ void Group::barrier() {
   if (size() == 1) return;
   // A one-element all-reduce on the group's device rather than Backend::barrier (NCCL's guesses a
   // device from the rank); not counted as traffic.
-  auto t = at::zeros({1}, at::TensorOptions().device(c10::Device(device_)));
+  auto t = at::zeros({1}, at::TensorOptions().device(c10::Device(device_, static_cast<c10::DeviceIndex>(device_index_))));
   std::vector<at::Tensor> ts{t};
   finish(backend_->allreduce(ts), device_);
 }
@@ -219,6 +238,7 @@ std::shared_ptr<Mesh> Mesh::create(const c10::intrusive_ptr<c10d::Store>& store,
   m->rank_ = rank;
   m->world_ = world;
   m->device_ = options.device;
+  m->device_index_ = options.device == c10::DeviceType::CPU ? -1 : options.device_index;
   const int tp = options.tp;
   const int dp = world / tp;
   std::vector<int> all(world), tp_ranks, dp_ranks;
@@ -267,7 +287,49 @@ void Mesh::reset_counts() {
   for (const auto& g : {world_group_, tp_, dp_}) g->reset_counts();
 }
 
-std::shared_ptr<Mesh> init_mesh_from_env(const MeshOptions& options) {
+c10::Device choose_rank_device(const std::string& flag, bool cuda_available, int64_t cuda_devices, int64_t local_rank) {
+  if (flag != "auto" && flag != "cpu" && flag != "cuda")
+    throw Error("--device " + flag + ": expected cpu, cuda or auto (cuda when a GPU is visible, else cpu)");
+  const bool gpus = cuda_available && cuda_devices > 0;
+  if (flag == "cpu" || (flag == "auto" && !gpus)) return c10::Device(c10::DeviceType::CPU);
+  if (!cuda_available)
+    throw Error("--device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one against CUDA); "
+                "use --device cpu");
+  if (cuda_devices < 1) throw Error("--device cuda: no GPU is visible to this process (CUDA_VISIBLE_DEVICES?); use --device cpu");
+  if (local_rank < 0 || local_rank >= cuda_devices)
+    throw Error("--device cuda: LOCAL_RANK " + std::to_string(local_rank) + " but " + std::to_string(cuda_devices) + " GPU" +
+                (cuda_devices == 1 ? " is" : "s are") + " visible; one rank per GPU: --nproc_per_node " +
+                std::to_string(cuda_devices) + " at most");
+  return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(local_rank));
+}
+
+MeshOptions mesh_options_for(const std::string& device_flag, int tp) {
+  const std::string local = env_str("LOCAL_RANK", "0");
+  int64_t local_rank = 0;
+  try {
+    local_rank = std::stoll(local);
+  } catch (const std::exception&) {
+    throw Error("mesh: environment variable LOCAL_RANK='" + local + "' is not an integer");
+  }
+  const bool cuda = torch::cuda::is_available();
+  const c10::Device d = choose_rank_device(device_flag, cuda, cuda ? static_cast<int64_t>(torch::cuda::device_count()) : 0, local_rank);
+  MeshOptions o;
+  o.tp = tp;
+  o.device = d.type();
+  if (d.is_cuda()) {
+    o.device_index = d.index();
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(d);  // this thread's current GPU
+  }
+  return o;
+}
+
+std::shared_ptr<Mesh> init_mesh_from_env(const MeshOptions& given) {
+  MeshOptions options = given;
+  if (options.device == c10::DeviceType::CUDA && options.device_index < 0) {
+    options.device_index = static_cast<int>(std::stoll(env_str("LOCAL_RANK", "0")));
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(
+        c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(options.device_index)));
+  }
   const int rank = env_int("RANK");
   const int world = env_int("WORLD_SIZE");
   const std::string host = env_str("MASTER_ADDR", "127.0.0.1");

@@ -214,6 +214,8 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   // runs the graph as written, with eager autograd, on every step of every run (this thread only;
   // planning and the check above ran before it, as the analysis expects).
   torch::jit::GraphOptimizerEnabledGuard plain_graph(false);
+  const c10::Device device = mesh.rank_device();
+  if (!device.is_cpu()) model.to(device);
   if (cfg.bf16) set_compute_dtype(model, at::kBFloat16);
   model.train();
 
@@ -343,10 +345,13 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       // its sum × dp / count, and the DP mean of gradients divides the dp back out.
       const int64_t counted = std::max<int64_t>(1, data.loss_tokens(step, ga, dp, micro, seq));
       const double scale = static_cast<double>(dp) / static_cast<double>(counted);
-      double loss_sum = 0;
+      // Summed where the loss is (no device sync per micro-batch) and read once per step.
+      at::Tensor loss_sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(device));
       int64_t activation_peak = 0;
       for (int64_t k = 0; k < ga; ++k) {
         Batch b = data.batch(step, k, ga, mesh.dp_rank(), dp, micro, seq);
+        b.input = b.input.to(device);
+        b.labels = b.labels.to(device);
         MemoryMeter meter(mesh.device());  // this micro-batch's forward and backward
         at::Tensor logits = logits_of(model.forward({b.input}));
         at::Tensor loss = vocab_parallel_cross_entropy(logits, b.labels, kIgnoreLabel, "tp", mesh.tp()).sum() * scale;
@@ -354,12 +359,12 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
         torch::autograd::backward({loss});
         activation_peak = std::max(activation_peak, meter.peak_without_grads(weights));
         opt.accumulate();
-        loss_sum += loss.item<double>();
+        loss_sum += loss.detach().to(at::kDouble);
       }
       const double lr = lr_for_update(cfg, step);
       StepStats st = opt.step(lr);
       opt.zero_grad();
-      at::Tensor l = at::tensor({loss_sum}, at::kDouble);
+      at::Tensor& l = loss_sum;
       mesh.dp_group().all_reduce(l, c10d::ReduceOp::SUM, "train.metrics");
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const auto after = totals(mesh);

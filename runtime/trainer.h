@@ -43,6 +43,9 @@ struct TrainOptions {
   bool verify = true;
   // Eager causal attention -> scaled_dot_product_attention (use_sdpa) before planning.
   bool sdpa = false;
+  // cpu | cuda | auto: the mesh is made for it (mesh_options_for); the model, batches and ZeRO state
+  // go to the mesh's rank_device() after the pre-step check, which runs on the CPU.
+  std::string device = "auto";
 };
 
 struct StepMetrics {

@@ -30,7 +30,8 @@ ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shar
   begin_ = stage_ == 1 ? dp_->rank() * partition_ : 0;
 
   at::NoGradGuard no_grad;
-  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  if (!params_.empty()) device_ = params_.front().param.device();
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
   at::Tensor full = at::zeros({padded_}, f32);
   at::Tensor weight = at::zeros({padded_}, f32);
   const float replicated_weight = 1.0f / static_cast<float>(tp_->size());
@@ -44,7 +45,7 @@ ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shar
   bool all_decay = true;
   for (const auto& p : params_) all_decay = all_decay && p.decay;
   if (!all_decay && opt_.weight_decay != 0) {
-    at::Tensor mask = at::zeros({padded_}, at::TensorOptions().dtype(at::kBool));
+    at::Tensor mask = at::zeros({padded_}, at::TensorOptions().dtype(at::kBool).device(device_));
     for (size_t i = 0; i < params_.size(); ++i)
       if (params_[i].decay) mask.narrow(0, offsets_[i], params_[i].param.numel()).fill_(true);
     decay_mask_ = mask.narrow(0, begin_, partition_).clone();
@@ -74,7 +75,7 @@ void ZeroOneOptimizer::accumulate() {
 }
 
 at::Tensor ZeroOneOptimizer::flat_grads() const {
-  at::Tensor g = at::zeros({padded_}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor g = at::zeros({padded_}, at::TensorOptions().dtype(at::kFloat).device(device_));
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& grad = params_[i].param.grad();
     if (grad.defined()) g.narrow(0, offsets_[i], grad.numel()).copy_(grad.reshape({-1}));
@@ -124,7 +125,7 @@ StepStats ZeroOneOptimizer::step(double lr) {
     // AdamW shrinks the master by 1 - lr·wd; Adam (L2) adds wd·master to the gradient. Parameters
     // outside decay_mask_ (norms and biases) keep their values.
     const double keep = 1 - lr * opt_.weight_decay;
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
     auto decay = [&] {
       if (decay_mask_.defined()) master_.mul_(at::where(decay_mask_, at::scalar_tensor(keep, f32), at::scalar_tensor(1.0, f32)));
       else master_.mul_(keep);

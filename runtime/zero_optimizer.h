@@ -98,6 +98,7 @@ class ZeroOneOptimizer {
   int stage_;
   double clip_;
   int64_t flat_ = 0, padded_ = 0, begin_ = 0, partition_ = 0;
+  c10::Device device_{c10::DeviceType::CPU};  // the parameters': masters, moments and flat gradients live there too
   at::Tensor master_, exp_avg_, exp_avg_sq_, norm_weight_, decay_mask_;
   at::Tensor grad_acc_;  // fp32 gradient accumulation for low-precision weights (else undefined)
   int64_t step_ = 0;

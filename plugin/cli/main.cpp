@@ -41,11 +41,11 @@ const char* kUsage =
     "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X] [--json]\n"
     "                      [--hf-args sft.yaml [--data D.tokens [--seq S]]]\n"
     "       autotp train   --config C.json --model M.pt --data D.tokens [--hf-args sft.yaml] [--steps N] [--seq S] [--out DIR]\n"
-    "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify] [--sdpa]\n"
+    "                      [--metrics FILE.jsonl] [--micro-batch N] [--grad-accum N] [--lr X] [--no-verify] [--sdpa] [--device cpu|cuda|auto]\n"
     "                      [--save-dir DIR [--save-every N] [--keep K]] [--resume DIR] [--no-shuffle]\n"
     "                      [--eval-data F.tokens [--eval-every N] [--eval-samples N]] [--timeout SECONDS]\n"
     "       autotp train   --llamafactory sft.yaml [--steps N] [--metrics F] [--no-verify] [--no-shuffle] [--timeout S]\n"
-    "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param] [--sdpa]\n"
+    "       autotp verify  MODEL.pt --tp N [--dtype fp32|bf16] [--seq S] [--batch B] [--seed X] [--per-param] [--sdpa] [--device cpu|cuda]\n"
     "       autotp merge   SRC --out HF_DIR [--dtype fp32|bf16] [--max-shard-size 5GB]\n"
     "       autotp plan    (MODEL.pt | --hf-config config.json) (--cluster NAME | --gpus-per-node G --gpu-memory 80GiB\n"
     "                      --intra-node-bw 450GB/s [--inter-node-bw 50GB/s]) [--nodes N] --seq S [--micro-batch M]\n"
@@ -182,10 +182,12 @@ int cmd_verify(const std::vector<std::string>& args) {
       o.per_parameter = true;
     } else if (a == "--sdpa") {
       o.sdpa = true;
+    } else if (a == "--device") {
+      o.device = value_of(args, i, "cuda");
     } else if (a == "--seed") {
       o.seed = static_cast<uint64_t>(parse_int("--seed", value_of(args, i, "1")));
     } else if (a.rfind("--", 0) == 0) {
-      throw autotp::Error("verify: unknown option '" + a + "'; options are --tp, --dtype, --seq, --batch, --seed, --per-param, --sdpa");
+      throw autotp::Error("verify: unknown option '" + a + "'; options are --tp, --dtype, --seq, --batch, --seed, --per-param, --sdpa, --device");
     } else if (model.empty()) {
       model = a;
     } else {
@@ -293,6 +295,7 @@ int cmd_train(const std::vector<std::string>& args) {
     else if (a == "--quiet") o.quiet = true;
     else if (a == "--no-verify") o.verify = false;
     else if (a == "--sdpa") o.sdpa = true;
+    else if (a == "--device") o.device = value_of(args, i, "cuda");
     else if (a == "--save-dir") o.save_dir = value_of(args, i, "DIR");
     else if (a == "--save-every") o.save_every = parse_int(a, value_of(args, i, "100"));
     else if (a == "--keep") o.keep = parse_int(a, value_of(args, i, "3"));
@@ -326,8 +329,7 @@ int cmd_train(const std::vector<std::string>& args) {
       throw autotp::Error("train: " + o.overrides.hf_args->describe("max_steps") + " gives no training steps; set max_steps or pass --steps N");
     o.steps = cfg.hf_training_steps;
   }
-  autotp::MeshOptions mo;
-  mo.tp = static_cast<int>(cfg.tp);
+  autotp::MeshOptions mo = autotp::mesh_options_for(o.device, static_cast<int>(cfg.tp));  // cuda:LOCAL_RANK or cpu
   mo.timeout = std::chrono::seconds(timeout_s);  // every collective and the store
   std::shared_ptr<autotp::Mesh> mesh;
   if (ws) {

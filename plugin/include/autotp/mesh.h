@@ -35,8 +35,9 @@ struct CollectiveCount {
 // One communicator: this rank's view of a c10d process group, with counters.
 class Group {
  public:
+  // `device`: the tensors the backend takes (CUDA: NCCL, on GPU `device_index`, -1 the current one).
   Group(std::string name, std::vector<int> ranks, int rank, c10::intrusive_ptr<c10d::Backend> backend,
-        c10::DeviceType device = c10::DeviceType::CPU);
+        c10::DeviceType device = c10::DeviceType::CPU, int device_index = -1);
 
   const std::string& name() const { return name_; }
   int rank() const { return rank_; }  // rank inside the group
@@ -63,6 +64,9 @@ class Group {
 
  private:
   void count(const std::string& kind, const std::string& site, int64_t bytes);
+  // NCCL takes tensors on its GPU only: a CPU tensor (the scalars ranks agree on: a batch checksum,
+  // the loss, a flag) goes through a copy there and back. Everything else is `t` itself.
+  at::Tensor staged(const at::Tensor& t) const;
 
   std::string name_;
   std::vector<int> ranks_;
@@ -70,6 +74,7 @@ class Group {
   int64_t id_;
   c10::intrusive_ptr<c10d::Backend> backend_;
   c10::DeviceType device_;
+  int device_index_;
   mutable std::mutex mu_;
   std::map<std::string, CollectiveCount> by_kind_, by_site_;
 };
@@ -77,6 +82,9 @@ class Group {
 struct MeshOptions {
   int tp = 1;
   c10::DeviceType device = c10::DeviceType::CPU;  // CUDA selects NCCL (CUDA builds only)
+  // CUDA: this rank's GPU, to which the NCCL groups are bound and connected at creation (eagerly);
+  // -1: LOCAL_RANK under torchrun (init_mesh_from_env), else the current device.
+  int device_index = -1;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };
 
@@ -94,6 +102,8 @@ class Mesh {
   int tp_rank() const { return tp_->rank(); }
   int dp_rank() const { return dp_->rank(); }
   c10::DeviceType device() const { return device_; }
+  // Where this rank's model, batches and optimizer state live: cpu, or cuda:<its GPU>.
+  c10::Device rank_device() const { return {device_, static_cast<c10::DeviceIndex>(device_index_)}; }
   Group& tp_group() { return *tp_; }
   Group& dp_group() { return *dp_; }
   Group& world_group() { return *world_group_; }
@@ -110,8 +120,18 @@ class Mesh {
   c10::intrusive_ptr<c10d::Store> store_;
   int rank_ = 0, world_ = 1;
   c10::DeviceType device_ = c10::DeviceType::CPU;
+  int device_index_ = -1;
   std::shared_ptr<Group> world_group_, tp_, dp_;
 };
+
+// The device a rank runs on. flag: "cpu", "cuda", or "auto" (CUDA when this LibTorch has it and a GPU
+// is visible, else CPU). CUDA is cuda:<local_rank>: one GPU per rank of a node, as torchrun starts
+// them. Throws autotp::Error (one line) for another flag, "cuda" without CUDA or GPUs, or a local
+// rank beyond the visible GPUs. Pure: the machine's facts are arguments (tests give any).
+c10::Device choose_rank_device(const std::string& flag, bool cuda_available, int64_t cuda_devices, int64_t local_rank);
+// Mesh options for this process: choose_rank_device with this LibTorch's CUDA, the visible GPUs and
+// LOCAL_RANK (0 when unset); a CUDA device becomes this thread's current device.
+MeshOptions mesh_options_for(const std::string& device_flag, int tp);
 
 // torchrun: RANK, WORLD_SIZE (and MASTER_ADDR, MASTER_PORT) from the environment. Under torchrun's
 // agent the store already exists and this rank connects as a client; otherwise rank 0 hosts a

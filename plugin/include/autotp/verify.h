@@ -31,6 +31,9 @@ struct VerifyOptions {
   // The ranks run the model with its eager causal attention made scaled_dot_product_attention
   // (use_sdpa); the reference stays the model as it is. Proves the pass and the sharding together.
   bool sdpa = false;
+  // cpu | cuda: where the reference and the ranks (threads of this process, over gloo, which takes
+  // CUDA tensors: one GPU can host every rank) compute. verify_on_mesh uses the mesh's device.
+  std::string device = "cpu";
 };
 
 struct VerifyReport {
