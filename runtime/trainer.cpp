@@ -20,6 +20,9 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
+#ifdef AUTOTP_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include "autotp/autotp.h"
 #include "autotp/error.h"
@@ -84,6 +87,15 @@ void die_here_if_asked(const std::string& point, int rank, int64_t step) {
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+// torch.cuda.max_memory_allocated(d): the caching allocator's peak of allocated bytes on GPU d since
+// the process began (CUDA builds); 0 on the CPU.
+int64_t cuda_peak_allocated(const c10::Device& d) {
+#ifdef AUTOTP_WITH_CUDA
+  if (d.is_cuda()) return c10::cuda::CUDACachingAllocator::getDeviceStats(d.index()).allocated_bytes[0].peak;  // [0]: aggregate
+#endif
+  return 0;
+}
+
 // The model failed in bf16 on a dtype clash ("expected m1 and m2 to have the same dtype": a Hugging
 // Face graph traced in fp32 keeps the fp32 casts it was traced with, where one traced in bf16 follows
 // its parameters' dtype, passes/compute_dtype.cpp): one line with the interpreter's root cause and
@@ -134,6 +146,7 @@ std::string StepMetrics::json() const {
   nlohmann::json j{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
                    {"seconds", seconds}, {"epoch", epoch}, {"loss_tokens", loss_tokens}, {"param_bytes", param_bytes}, {"grad_bytes", grad_bytes},
                    {"optimizer_bytes", optimizer_bytes}, {"peak_activation_bytes", peak_activation_bytes}};
+  if (cuda_peak_allocated_bytes > 0) j["cuda_peak_allocated_bytes"] = cuda_peak_allocated_bytes;
   for (const auto& [name, c] : {std::pair<const char*, CollectiveCount>{"tp", tp_bytes}, {"dp", dp_bytes}, {"world", world_bytes}})
     j["collectives"][name] = {{"calls", c.calls}, {"bytes", c.bytes}};
   return j.dump();
@@ -330,6 +343,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
 
   std::vector<StepMetrics> out;
   std::array<CollectiveCount, 3> trained{};
+  int64_t activation_peak = 0;  // measured at the first step, reported on every one
   int64_t epoch = start > 0 ? data.epoch_at(start - 1, ga, dp, micro, seq) : -1;
   for (int64_t step = start; step < options.steps; ++step) {
     try {
@@ -347,17 +361,20 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       const double scale = static_cast<double>(dp) / static_cast<double>(counted);
       // Summed where the loss is (no device sync per micro-batch) and read once per step.
       at::Tensor loss_sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(device));
-      int64_t activation_peak = 0;
       for (int64_t k = 0; k < ga; ++k) {
         Batch b = data.batch(step, k, ga, mesh.dp_rank(), dp, micro, seq);
         b.input = b.input.to(device);
         b.labels = b.labels.to(device);
-        MemoryMeter meter(mesh.device());  // this micro-batch's forward and backward
+        // The activation peak is measured on this run's first step only: every step has the same
+        // shapes ([micro, seq]), and the meter hears every allocation (and makes CPU collectives wait
+        // for gloo to let their tensors go), which later steps need not pay for.
+        std::optional<MemoryMeter> meter;
+        if (step == start) meter.emplace(mesh.device());  // this micro-batch's forward and backward
         at::Tensor logits = logits_of(model.forward({b.input}));
         at::Tensor loss = vocab_parallel_cross_entropy(logits, b.labels, kIgnoreLabel, "tp", mesh.tp()).sum() * scale;
         die_here_if_asked("step", mesh.rank(), step + 1);
         torch::autograd::backward({loss});
-        activation_peak = std::max(activation_peak, meter.peak_without_grads(weights));
+        if (meter) activation_peak = std::max(activation_peak, meter->peak_without_grads(weights));
         opt.accumulate();
         loss_sum += loss.detach().to(at::kDouble);
       }
@@ -366,6 +383,9 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       opt.zero_grad();
       at::Tensor& l = loss_sum;
       mesh.dp_group().all_reduce(l, c10d::ReduceOp::SUM, "train.metrics");
+      // Read before the clock: on a GPU it waits for the step's queued kernels (the optimizer's
+      // last), so `seconds` is the step's run time, not its launch's.
+      const double loss_total = l.item<double>();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const auto after = totals(mesh);
       for (int g = 0; g < 3; ++g) {
@@ -376,7 +396,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       StepMetrics m;
       m.step = step + 1;
       m.epoch = epoch;
-      m.loss = l.item<double>() / static_cast<double>(dp);
+      m.loss = loss_total / static_cast<double>(dp);
       m.loss_tokens = counted;
       m.lr = lr;
       m.grad_norm = st.grad_norm;
@@ -387,6 +407,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       m.grad_bytes = b.grads;
       m.optimizer_bytes = b.state;
       m.peak_activation_bytes = activation_peak;
+      m.cuda_peak_allocated_bytes = cuda_peak_allocated(device);
       m.world_bytes = trained[0];
       m.tp_bytes = trained[1];
       m.dp_bytes = trained[2];

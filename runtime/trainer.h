@@ -56,7 +56,11 @@ struct StepMetrics {
   int64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
   // The most one micro-batch's forward and backward held at once on this rank besides the model
   // states (its gradients not counted): `autotp plan`'s activation memory (runtime/memory_meter.h).
+  // Measured on the run's first step (every step has the same shapes) and repeated on later ones.
   int64_t peak_activation_bytes = 0;
+  // CUDA builds on a GPU: torch.cuda.max_memory_allocated of this rank's GPU since the process began
+  // (model states, activations, everything the caching allocator handed out); 0 (and not in the JSON) on CPU.
+  int64_t cuda_peak_allocated_bytes = 0;
   CollectiveCount tp_bytes, dp_bytes, world_bytes;  // cumulative per group
   std::string json() const;
 };
