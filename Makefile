@@ -43,6 +43,7 @@ bench: build
 	@cmake --build $(BUILD) --target autotp_bench -j $(JOBS)
 	$(BUILD)/autotp_bench --benchmark_report_aggregates_only=true
 	BUILD=$(BUILD) .venv/bin/python benchmarks/bench_train.py
+	BUILD=$(BUILD) .venv/bin/python benchmarks/bench_vs_deepspeed.py
 
 # Each deliberate fault of tests/mutants/run.py must make a test fail (rebuilds; not part of `make test`).
 mutants: build
