@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <unistd.h>
 #include <functional>
 #include <limits>
 
@@ -14,6 +16,7 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include "autotp/passes.h"
+#include "fixtures.h"
 
 namespace {
 
@@ -151,6 +154,32 @@ def forward(self, q, k, v):
     return torch.matmul(p, v)
 )");
   EXPECT_EQ(autotp::use_sdpa(with_dropout), 0);
+}
+
+}  // namespace
+
+namespace {
+
+// `autotp rewrite --sdpa`: the rank archives carry the fused attention (and load anywhere
+// libautotp is loaded); with a plan file it is refused, the plan was made for the eager graph.
+TEST(UseSdpa, RewriteWritesRankArchivesWithTheFusedAttention) {
+  const std::string out = testing::TempDir() + "sdpa_rewrite_" + std::to_string(getpid());
+  auto r = autotp_test::run_command(std::string(AUTOTP_CLI) + " rewrite " + autotp_test::fixture("qwen2") + " --tp 2 --sdpa --out " + out);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("sdpa: 2 attention sites now scaled_dot_product_attention(is_causal=True)\n", 0), 0u) << r.out;
+  for (int rank = 0; rank < 2; ++rank) {
+    torch::jit::Module m = autotp::load_model(out + "/rank" + std::to_string(rank) + ".pt");
+    const std::string graph = m.get_method("forward").graph()->toString();
+    size_t sites = 0;
+    for (size_t at = graph.find("autotp::causal_attention"); at != std::string::npos; at = graph.find("autotp::causal_attention", at + 1)) ++sites;
+    EXPECT_EQ(sites, 2u) << "rank " << rank;
+    EXPECT_EQ(graph.find("aten::softmax"), std::string::npos) << "rank " << rank;
+  }
+  r = autotp_test::run_command(std::string(AUTOTP_CLI) + " rewrite " + autotp_test::fixture("qwen2") + " --plan " + out +
+                               "/plan.json --sdpa --out " + out + "/again");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "autotp: error: rewrite: --sdpa changes the graph a plan file was made for; use --sdpa with --tp N\n");
+  std::filesystem::remove_all(out);
 }
 
 }  // namespace

@@ -37,7 +37,7 @@ namespace {
 
 const char* kUsage =
     "usage: autotp inspect MODEL.pt [--tp N] [--json]\n"
-    "       autotp rewrite MODEL.pt (--tp N | --plan PLAN.json) --out DIR\n"
+    "       autotp rewrite MODEL.pt (--tp N [--sdpa] | --plan PLAN.json) --out DIR\n"
     "       autotp check   CONFIG.json [--world-size W] [--micro-batch N] [--grad-accum N] [--lr X] [--json]\n"
     "                      [--hf-args sft.yaml [--data D.tokens [--seq S]]]\n"
     "       autotp train   --config C.json --model M.pt --data D.tokens [--hf-args sft.yaml] [--steps N] [--seq S] [--out DIR]\n"
@@ -119,16 +119,19 @@ struct ModelAndTp {
 int cmd_rewrite(const std::vector<std::string>& args) {
   ModelAndTp m;
   std::string out, plan_path;
+  bool sdpa = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const auto& a = args[i];
     if (a == "--tp") {
       m.tp = parse_int("--tp", value_of(args, i, "2"));
+    } else if (a == "--sdpa") {
+      sdpa = true;
     } else if (a == "--out") {
       out = value_of(args, i, "DIR");
     } else if (a == "--plan") {
       plan_path = value_of(args, i, "PLAN.json");
     } else if (a.rfind("--", 0) == 0) {
-      throw autotp::Error("rewrite: unknown option '" + a + "'; options are --tp N, --plan PLAN.json and --out DIR");
+      throw autotp::Error("rewrite: unknown option '" + a + "'; options are --tp N, --plan PLAN.json, --sdpa and --out DIR");
     } else if (m.model.empty()) {
       m.model = a;
     } else {
@@ -138,6 +141,10 @@ int cmd_rewrite(const std::vector<std::string>& args) {
   if (m.model.empty() || (m.tp < 1 && plan_path.empty()) || out.empty())
     throw autotp::Error("rewrite: usage: autotp rewrite MODEL.pt (--tp N | --plan PLAN.json) --out DIR");
   auto module = autotp::load_model(m.model);
+  if (sdpa && !plan_path.empty())
+    throw autotp::Error("rewrite: --sdpa changes the graph a plan file was made for; use --sdpa with --tp N");
+  if (sdpa)
+    std::cout << "sdpa: " << autotp::use_sdpa(module) << " attention sites now scaled_dot_product_attention(is_causal=True)\n";
   autotp::TpPlan plan;
   if (plan_path.empty()) {
     plan = autotp::plan_model(module, m.tp, m.model);
