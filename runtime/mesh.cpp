@@ -287,14 +287,23 @@ void Mesh::reset_counts() {
   for (const auto& g : {world_group_, tp_, dp_}) g->reset_counts();
 }
 
+bool cuda_build() {
+#ifdef AUTOTP_WITH_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
 c10::Device choose_rank_device(const std::string& flag, bool cuda_available, int64_t cuda_devices, int64_t local_rank) {
   if (flag != "auto" && flag != "cpu" && flag != "cuda")
     throw Error("--device " + flag + ": expected cpu, cuda or auto (cuda when a GPU is visible, else cpu)");
   const bool gpus = cuda_available && cuda_devices > 0;
   if (flag == "cpu" || (flag == "auto" && !gpus)) return c10::Device(c10::DeviceType::CPU);
   if (!cuda_available)
-    throw Error("--device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one against CUDA); "
-                "use --device cpu");
+    throw Error(cuda_build() ? "--device cuda: CUDA is not usable in this process (no driver or no GPU); use --device cpu"
+                             : "--device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one "
+                               "against CUDA); use --device cpu");
   if (cuda_devices < 1) throw Error("--device cuda: no GPU is visible to this process (CUDA_VISIBLE_DEVICES?); use --device cpu");
   if (local_rank < 0 || local_rank >= cuda_devices)
     throw Error("--device cuda: LOCAL_RANK " + std::to_string(local_rank) + " but " + std::to_string(cuda_devices) + " GPU" +

@@ -25,6 +25,13 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
+// What "--device cuda" says where CUDA is not usable: this build has none, or this process has no driver or GPU.
+std::string no_cuda() {
+  return autotp::cuda_build() ? "--device cuda: CUDA is not usable in this process (no driver or no GPU); use --device cpu"
+                              : "--device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one against "
+                                "CUDA); use --device cpu";
+}
+
 TEST(Device, ChoiceForEveryFlagAndMachine) {
   using autotp::choose_rank_device;
   const c10::Device cpu(c10::DeviceType::CPU);
@@ -35,8 +42,7 @@ TEST(Device, ChoiceForEveryFlagAndMachine) {
   EXPECT_EQ(choose_rank_device("auto", true, 8, 7), c10::Device(c10::DeviceType::CUDA, 7));
   EXPECT_EQ(choose_rank_device("cpu", true, 8, 5), cpu);
   EXPECT_EQ(choose_rank_device("cuda", true, 2, 1), c10::Device(c10::DeviceType::CUDA, 1));
-  EXPECT_EQ(error_of([&] { choose_rank_device("cuda", false, 0, 0); }),
-            "--device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one against CUDA); use --device cpu");
+  EXPECT_EQ(error_of([&] { choose_rank_device("cuda", false, 0, 0); }), no_cuda());
   EXPECT_EQ(error_of([&] { choose_rank_device("cuda", true, 0, 0); }),
             "--device cuda: no GPU is visible to this process (CUDA_VISIBLE_DEVICES?); use --device cpu");
   EXPECT_EQ(error_of([&] { choose_rank_device("cuda", true, 2, 2); }),
@@ -53,8 +59,7 @@ TEST(Device, ThisMachine) {
   EXPECT_EQ(o.tp, 2);
   EXPECT_EQ(o.device, c10::DeviceType::CPU);
   EXPECT_EQ(o.device_index, -1);
-  EXPECT_EQ(error_of([] { autotp::mesh_options_for("cuda", 1); }),
-            "--device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one against CUDA); use --device cpu");
+  EXPECT_EQ(error_of([] { autotp::mesh_options_for("cuda", 1); }), no_cuda());
 }
 
 TEST(Device, CliRefusesInOneLine) {
@@ -66,8 +71,7 @@ TEST(Device, CliRefusesInOneLine) {
   auto r = autotp_test::run_command(std::string(AUTOTP_CLI) + " train --config " + config + " --model " + model +
                                     " --data x.tokens --device cuda");
   EXPECT_EQ(r.status, 1);
-  EXPECT_EQ(r.err, "autotp: error: --device cuda: this autotp is built against a CPU LibTorch (make cuda-build builds one "
-                   "against CUDA); use --device cpu\n");
+  EXPECT_EQ(r.err, "autotp: error: " + no_cuda() + "\n");
   r = autotp_test::run_command(std::string(AUTOTP_CLI) + " verify " + model + " --tp 2 --device tpu");
   EXPECT_EQ(r.status, 1);
   EXPECT_EQ(r.err, "autotp: error: --device tpu: expected cpu, cuda or auto (cuda when a GPU is visible, else cpu)\n");

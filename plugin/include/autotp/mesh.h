@@ -124,6 +124,9 @@ class Mesh {
   std::shared_ptr<Group> world_group_, tp_, dp_;
 };
 
+// Whether this libautotp was built against a CUDA LibTorch (with the NCCL mesh: make cuda-build).
+bool cuda_build();
+
 // The device a rank runs on. flag: "cpu", "cuda", or "auto" (CUDA when this LibTorch has it and a GPU
 // is visible, else CPU). CUDA is cuda:<local_rank>: one GPU per rank of a node, as torchrun starts
 // them. Throws autotp::Error (one line) for another flag, "cuda" without CUDA or GPUs, or a local
