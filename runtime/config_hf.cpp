@@ -105,6 +105,15 @@ struct Filler {
            hf.describe("adam_beta1") + " and " + hf.describe("adam_beta2"));
       fill("optimizer.params.eps", hf.adam_epsilon, hf.describe("adam_epsilon"));
       fill("optimizer.params.weight_decay", hf.weight_decay, hf.describe("weight_decay"));
+      // The Trainer hands DeepSpeed's optimizer every trainable parameter as one group (transformers'
+      // deepspeed_optim_sched: DummyOptim(params=model.parameters())), so DeepSpeed decays norms and
+      // biases too, unlike the Trainer's own AdamW below; unless the file says otherwise, so does autotp.
+      if (!root.contains("decay_norms_and_biases")) {
+        root["decay_norms_and_biases"] = true;
+        if (hf.weight_decay != 0)
+          ctx.cfg.hf_filled.push_back("decay_norms_and_biases <- true: the Trainer gives DeepSpeed's optimizer every "
+                                      "parameter in one group, so weight_decay applies to norms and biases too");
+      }
       return;
     }
     // The Trainer's create_optimizer: torch.optim.AdamW with the YAML's lr, betas, eps and weight decay,

@@ -40,7 +40,7 @@ const std::set<std::string>& hf_keys() {
 const std::set<std::string>& run_keys() {
   static const std::set<std::string> k{
       "model_name_or_path", "dataset", "dataset_dir", "template", "cutoff_len", "max_samples", "train_on_prompt",
-      "output_dir", "logging_steps", "save_steps", "save_strategy", "save_total_limit", "overwrite_output_dir",
+      "disable_shuffling", "output_dir", "logging_steps", "save_steps", "save_strategy", "save_total_limit", "overwrite_output_dir",
       "resume_from_checkpoint"};
   return k;
 }
@@ -245,6 +245,8 @@ struct Reader {
         if (auto x = int_value(key, v)) r.max_samples = *x;
     } else if (key == "train_on_prompt") {
       if (auto b = bool_value(key, v)) r.train_on_prompt = *b;
+    } else if (key == "disable_shuffling") {
+      if (auto b = bool_value(key, v)) r.disable_shuffling = *b;
     } else if (key == "output_dir") {
       if (auto s = string_value(key, v)) r.output_dir = *s;
     } else if (key == "logging_steps") {

@@ -5,7 +5,7 @@
 //   - read by --hf-args (runtime/hf_args.h, config_hf.cpp): batch sizes, learning rate, Adam, clipping,
 //     epochs / max_steps, warmup, lr_scheduler_type, optim, bf16 / fp16, deepspeed;
 //   - read here (LlamaFactoryRun): the model folder, the data (dataset, dataset_dir, template,
-//     cutoff_len, max_samples, train_on_prompt), output_dir, logging_steps, save_* and resume keys;
+//     cutoff_len, max_samples, train_on_prompt), disable_shuffling, output_dir, logging_steps, save_* and resume keys;
 //   - ignored: keys that change nothing autotp computes (report_to, run_name, dataloader workers, ...),
 //     listed once when training starts;
 //   - refused: keys that would change training and that autotp does not implement (LoRA, freezing,
@@ -31,6 +31,7 @@ struct LlamaFactoryRun {
   int64_t cutoff_len = 2048;
   int64_t max_samples = 0;               // 0: every record
   bool train_on_prompt = false;
+  bool disable_shuffling = false;        // true: the samples in file order (the Trainer's SequentialSampler), as --no-shuffle
   std::string output_dir;                // checkpoints (step-<N>/, latest) and the merged Hugging Face files
   int64_t logging_steps = 500;           // TrainingArguments' defaults
   int64_t save_steps = 500;

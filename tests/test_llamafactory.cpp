@@ -220,7 +220,8 @@ TEST(LlamaFactory, ReadsTheRunKeysAndListsHarmlessOnesAsIgnored) {
                     "preprocessing_num_workers: 16\noutput_dir: saves/x\nlogging_steps: 10\nsave_steps: 500\nplot_loss: true\n"
                     "overwrite_output_dir: true\nsave_only_model: false\nreport_to: none\npacking: false\nval_size: 0.0\n"
                     "per_device_train_batch_size: 1\nlearning_rate: 1.0e-5\nbf16: true\nddp_timeout: 180000000\n"
-                    "save_total_limit: 2\nsave_strategy: steps\ntrain_on_prompt: true\nlora_target: null\n");
+                    "save_total_limit: 2\nsave_strategy: steps\ntrain_on_prompt: true\nlora_target: null\n"
+                    "disable_shuffling: true\n");
   ASSERT_TRUE(r.ok()) << r.message();
   const autotp::LlamaFactoryRun& run = r.run;
   EXPECT_EQ(run.model_dir, dir + "/m");
@@ -229,6 +230,7 @@ TEST(LlamaFactory, ReadsTheRunKeysAndListsHarmlessOnesAsIgnored) {
   EXPECT_EQ(run.cutoff_len, 1024);
   EXPECT_EQ(run.max_samples, 100);
   EXPECT_TRUE(run.train_on_prompt);
+  EXPECT_TRUE(run.disable_shuffling);  // the Trainer's SequentialSampler: autotp train --no-shuffle
   EXPECT_EQ(run.output_dir, "saves/x");
   EXPECT_EQ(run.logging_steps, 10);
   EXPECT_EQ(run.save_steps, 500);
@@ -245,6 +247,7 @@ TEST(LlamaFactory, ReadsTheRunKeysAndListsHarmlessOnesAsIgnored) {
   EXPECT_EQ(d.run.logging_steps, 500);
   EXPECT_EQ(d.run.cutoff_len, 2048);
   EXPECT_FALSE(d.run.save_every_steps);
+  EXPECT_FALSE(d.run.disable_shuffling);
   fs::remove_all(dir);
 }
 

@@ -250,6 +250,8 @@ bool llamafactory_train_options(const std::string& yaml, const std::vector<std::
   o.model_path = model_pt.string();
   o.data_path = tokens.string();
   o.seq = seq_for(autotp::TokenData(o.data_path), run.cutoff_len);
+  // LLaMA-Factory's disable_shuffling: the Trainer's SequentialSampler, the token file's order (--no-shuffle).
+  if (run.disable_shuffling) o.shuffle = false;
   o.save_dir = run.output_dir;
   o.save_every = run.save_every_steps ? run.save_steps : 0;
   o.keep = run.save_total_limit;
