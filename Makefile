@@ -3,6 +3,9 @@
 #   make test   set up, build, and run every test (but the heavy ones: make test-heavy)
 #   make bench  set up, build, and run the benchmarks (not part of the tests)
 #   make mutants  build deliberate faults one at a time and show which tests catch each
+#   make cuda-build  compile everything against a CUDA LibTorch with NCCL (no GPU needed; not in make test)
+#   make llamafactory-check  LLaMA-Factory + DeepSpeed AutoTP(2)+ZeRO-1 against autotp on one YAML (not in make test)
+#   make gpu-check   the 8-minute GPU check (scripts/gpu_check.sh; make gpu-carry first, gpu-check-dry here)
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
@@ -52,6 +55,24 @@ mutants: build
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log
 
+# Compile libautotp, the CLI and the tests against the CUDA torch==2.14.1 wheel (own venv .venv-cuda)
+# and this machine's nvcc, NCCL backend included, into build_cuda/ (scripts/cuda_build.sh). Runs
+# nothing and needs no GPU; -j1 unless JOBS is given (make cuda-build JOBS=4). Not part of make test.
+.PHONY: cuda-build
+cuda-build:
+	@bash scripts/cuda_build.sh
+
+# The GPU check (README "GPU check"): gpu-carry gathers here what the GPU machine lacks (headers, wheels)
+# into build_gpucarry/; gpu-check runs there (device tool: bash scripts/gpu_check.sh, carry build_gpucarry);
+# gpu-check-dry runs the same script here on the CPU with a tiny model and build/autotp.
+.PHONY: gpu-carry gpu-check gpu-check-dry
+gpu-carry:
+	@bash scripts/gpu_carry.sh
+gpu-check:
+	@bash scripts/gpu_check.sh
+gpu-check-dry: build
+	@bash scripts/gpu_check.sh --dry-run
+
 # Can AutoTP + ZeRO-1 replace ZeRO-3? autotp against DeepSpeed (AutoTP, ZeRO-1/2/3), FSDP2 and DDP on
 # one model, one token file, 4 processes (benchmarks/compare.py; not part of `make test`). Writes
 # $(BUILD)/compare/compare.md, compare.json and charts. COMPARE_ARGS="--model smollm2 --steps 3" for SmolLM2.
@@ -60,3 +81,12 @@ compare: build
 	@.venv/bin/python -c "import matplotlib" 2>/dev/null || .venv/bin/pip install --quiet matplotlib
 	DS_ACCELERATOR=$${DS_ACCELERATOR:-$$(.venv/bin/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
 	  .venv/bin/python benchmarks/compare.py --out $(BUILD)/compare --autotp $(BUILD)/autotp $(COMPARE_ARGS)
+
+# One LLaMA-Factory YAML and its all-"auto" DeepSpeed JSON (configs/llamafactory/check_tp2.yaml,
+# ds_check_tp2_auto.json) run in LLaMA-Factory 0.9.5 + DeepSpeed 0.19.8 AutoTP(2)+ZeRO-1 and in
+# `autotp train --llamafactory`, 2 processes each on CPU, fp32; the per-step losses (10 steps) and the
+# final weights must agree within 1e-4 relative (scripts/llamafactory_check.sh, llamafactory_compare.py).
+# Installs LLaMA-Factory into its own venv .venv-lf (CPU torch 2.13.0 kept); not part of `make test`.
+.PHONY: llamafactory-check
+llamafactory-check: build
+	@AUTOTP=$(BUILD)/autotp bash scripts/llamafactory_check.sh

@@ -18,6 +18,7 @@
 #include <map>
 #include <numeric>
 
+#include <ATen/ATen.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/named_value.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
