@@ -9,6 +9,8 @@
 #include <set>
 #include <utility>
 
+#include "runtime/config_internal.h"
+
 namespace autotp {
 namespace {
 
@@ -36,12 +38,46 @@ const std::set<std::string>& hf_keys() {
   return k;
 }
 
-// Keys read into LlamaFactoryRun (read_run below).
+// Run keys that set one field of LlamaFactoryRun as written, by the field's type. A nullable one keeps
+// its default at null (LLaMA-Factory's `max_samples: null`); for the others null is a problem.
+template <typename T>
+struct FieldKey {
+  T LlamaFactoryRun::*field;
+  bool nullable = false;
+};
+const std::map<std::string, FieldKey<std::string>>& string_keys() {
+  static const std::map<std::string, FieldKey<std::string>> k{{"model_name_or_path", {&LlamaFactoryRun::model_dir}},
+                                                               {"dataset_dir", {&LlamaFactoryRun::dataset_dir}},
+                                                               {"output_dir", {&LlamaFactoryRun::output_dir}},
+                                                               {"resume_from_checkpoint", {&LlamaFactoryRun::resume_from_checkpoint, true}}};
+  return k;
+}
+const std::map<std::string, FieldKey<int64_t>>& int_keys() {
+  static const std::map<std::string, FieldKey<int64_t>> k{{"cutoff_len", {&LlamaFactoryRun::cutoff_len}},
+                                                           {"max_samples", {&LlamaFactoryRun::max_samples, true}},
+                                                           {"logging_steps", {&LlamaFactoryRun::logging_steps}},
+                                                           {"save_steps", {&LlamaFactoryRun::save_steps}},
+                                                           {"save_total_limit", {&LlamaFactoryRun::save_total_limit, true}}};
+  return k;
+}
+const std::map<std::string, FieldKey<bool>>& bool_keys() {
+  static const std::map<std::string, FieldKey<bool>> k{{"train_on_prompt", {&LlamaFactoryRun::train_on_prompt}},
+                                                        {"disable_shuffling", {&LlamaFactoryRun::disable_shuffling}},
+                                                        {"overwrite_output_dir", {&LlamaFactoryRun::overwrite_output_dir}}};
+  return k;
+}
+// Run keys read with their own rule (read_run below).
+const std::set<std::string> kRuleKeys{"dataset", "template", "save_strategy"};
+
+// Keys read into LlamaFactoryRun: the field keys and the rule keys.
 const std::set<std::string>& run_keys() {
-  static const std::set<std::string> k{
-      "model_name_or_path", "dataset", "dataset_dir", "template", "cutoff_len", "max_samples", "train_on_prompt",
-      "disable_shuffling", "output_dir", "logging_steps", "save_steps", "save_strategy", "save_total_limit", "overwrite_output_dir",
-      "resume_from_checkpoint"};
+  static const std::set<std::string> k = [] {
+    std::set<std::string> all = kRuleKeys;
+    for (const auto& [key, f] : string_keys()) all.insert(key);
+    for (const auto& [key, f] : int_keys()) all.insert(key);
+    for (const auto& [key, f] : bool_keys()) all.insert(key);
+    return all;
+  }();
   return k;
 }
 
@@ -141,21 +177,6 @@ bool ignored_family(const std::string& key) {  // options of optimizers that con
   return false;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
 std::string template_names() {
   std::string names;
   for (const auto& n : llamafactory_templates()) names += (names.empty() ? "" : ", ") + n;
@@ -166,7 +187,7 @@ std::string closest_known(const std::string& key) {
   std::string best;
   size_t best_d = 4;  // at most 3 edits
   auto consider = [&](const std::string& k) {
-    const size_t d = edit_distance(key, k);
+    const size_t d = config_detail::edit_distance(key, k);
     if (d < best_d) best_d = d, best = k;
   };
   for (const auto* set : {&hf_keys(), &run_keys(), &ignored_keys()})
@@ -210,11 +231,22 @@ struct Reader {
     return v.b;
   }
 
+  // One field key: the value into its field, unless it is a nullable key's null.
+  template <typename T, typename Read>
+  bool read_field(const std::map<std::string, FieldKey<T>>& keys, const std::string& key, const HfValue& v, Read read) {
+    auto it = keys.find(key);
+    if (it == keys.end()) return false;
+    if (it->second.nullable && v.kind == HfValue::Kind::Null) return true;
+    if (auto x = (this->*read)(key, v)) out.run.*(it->second.field) = *x;
+    return true;
+  }
+
   void read_run(const std::string& key, const HfValue& v) {
+    if (read_field(string_keys(), key, v, &Reader::string_value) || read_field(int_keys(), key, v, &Reader::int_value) ||
+        read_field(bool_keys(), key, v, &Reader::bool_value))
+      return;
     LlamaFactoryRun& r = out.run;
-    if (key == "model_name_or_path") {
-      if (auto s = string_value(key, v)) r.model_dir = *s;
-    } else if (key == "dataset") {
+    if (key == "dataset") {
       if (auto s = string_value(key, v)) {
         for (size_t start = 0; start <= s->size();) {
           size_t comma = s->find(',', start);
@@ -226,8 +258,6 @@ struct Reader {
           start = comma + 1;
         }
       }
-    } else if (key == "dataset_dir") {
-      if (auto s = string_value(key, v)) r.dataset_dir = *s;
     } else if (key == "template") {
       if (auto s = string_value(key, v)) {
         const auto& t = llamafactory_templates();
@@ -238,33 +268,10 @@ struct Reader {
           r.template_name = *s;
         }
       }
-    } else if (key == "cutoff_len") {
-      if (auto x = int_value(key, v)) r.cutoff_len = *x;
-    } else if (key == "max_samples") {
-      if (v.kind != HfValue::Kind::Null)
-        if (auto x = int_value(key, v)) r.max_samples = *x;
-    } else if (key == "train_on_prompt") {
-      if (auto b = bool_value(key, v)) r.train_on_prompt = *b;
-    } else if (key == "disable_shuffling") {
-      if (auto b = bool_value(key, v)) r.disable_shuffling = *b;
-    } else if (key == "output_dir") {
-      if (auto s = string_value(key, v)) r.output_dir = *s;
-    } else if (key == "logging_steps") {
-      if (auto x = int_value(key, v)) r.logging_steps = *x;
-    } else if (key == "save_steps") {
-      if (auto x = int_value(key, v)) r.save_steps = *x;
     } else if (key == "save_strategy") {
       const std::string s = lower(text_of(v));
       if (s == "steps" || s == "no") r.save_every_steps = s == "steps";
       else refuse(key, v, "autotp saves every save_steps steps and after the last one: write save_strategy: steps, or no");
-    } else if (key == "save_total_limit") {
-      if (v.kind != HfValue::Kind::Null)
-        if (auto x = int_value(key, v)) r.save_total_limit = *x;
-    } else if (key == "overwrite_output_dir") {
-      if (auto b = bool_value(key, v)) r.overwrite_output_dir = *b;
-    } else if (key == "resume_from_checkpoint") {
-      if (v.kind != HfValue::Kind::Null)
-        if (auto s = string_value(key, v)) r.resume_from_checkpoint = *s;
     }
   }
 

@@ -312,22 +312,34 @@ c10::Device choose_rank_device(const std::string& flag, bool cuda_available, int
   return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(local_rank));
 }
 
-MeshOptions mesh_options_for(const std::string& device_flag, int tp) {
+namespace {
+
+// torchrun's LOCAL_RANK (0 when unset: one process on its own).
+int local_rank_from_env() {
   const std::string local = env_str("LOCAL_RANK", "0");
-  int64_t local_rank = 0;
   try {
-    local_rank = std::stoll(local);
+    return std::stoi(local);
   } catch (const std::exception&) {
     throw Error("mesh: environment variable LOCAL_RANK='" + local + "' is not an integer");
   }
+}
+
+void make_current(int gpu) {  // this thread's current GPU
+  c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(gpu)));
+}
+
+}  // namespace
+
+MeshOptions mesh_options_for(const std::string& device_flag, int tp) {
   const bool cuda = torch::cuda::is_available();
-  const c10::Device d = choose_rank_device(device_flag, cuda, cuda ? static_cast<int64_t>(torch::cuda::device_count()) : 0, local_rank);
+  const c10::Device d =
+      choose_rank_device(device_flag, cuda, cuda ? static_cast<int64_t>(torch::cuda::device_count()) : 0, local_rank_from_env());
   MeshOptions o;
   o.tp = tp;
   o.device = d.type();
   if (d.is_cuda()) {
     o.device_index = d.index();
-    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(d);  // this thread's current GPU
+    make_current(o.device_index);
   }
   return o;
 }
@@ -335,9 +347,8 @@ MeshOptions mesh_options_for(const std::string& device_flag, int tp) {
 std::shared_ptr<Mesh> init_mesh_from_env(const MeshOptions& given) {
   MeshOptions options = given;
   if (options.device == c10::DeviceType::CUDA && options.device_index < 0) {
-    options.device_index = static_cast<int>(std::stoll(env_str("LOCAL_RANK", "0")));
-    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(
-        c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(options.device_index)));
+    options.device_index = local_rank_from_env();
+    make_current(options.device_index);
   }
   const int rank = env_int("RANK");
   const int world = env_int("WORLD_SIZE");

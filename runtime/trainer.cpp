@@ -381,11 +381,10 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
       const double lr = lr_for_update(cfg, step);
       StepStats st = opt.step(lr);
       opt.zero_grad();
-      at::Tensor& l = loss_sum;
-      mesh.dp_group().all_reduce(l, c10d::ReduceOp::SUM, "train.metrics");
+      mesh.dp_group().all_reduce(loss_sum, c10d::ReduceOp::SUM, "train.metrics");
       // Read before the clock: on a GPU it waits for the step's queued kernels (the optimizer's
       // last), so `seconds` is the step's run time, not its launch's.
-      const double loss_total = l.item<double>();
+      const double loss_total = loss_sum.item<double>();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const auto after = totals(mesh);
       for (int g = 0; g < 3; ++g) {
