@@ -16,7 +16,10 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <set>
+#include <unordered_map>
+#include <unordered_set>
 #include <string>
 #include <vector>
 
@@ -31,14 +34,44 @@ namespace autotp {
 // are the gcd of every extent it splits (heads and kv heads: kv groups; features alone: blocks of
 // up to 64); tp that does not divide them is met by an uneven cut, the first units % tp ranks
 // taking one unit more. The vocabulary (embedding, lm-head) is not a family: it is padded.
+// kv heads held by several ranks (passes/kv_replication.cpp; passes/README.md "kv heads held by
+// several ranks"): when tp is a multiple of a GQA family's kv groups and divides its q side, the
+// q side is cut in tp parts and every kv head is held by the m = tp / kv ranks whose q heads read it.
+struct KvReplication {
+  std::vector<int> kv_columns;  // the k and v linears (indices into ShardingStructure::linears)
+  // Nodes that read a kv-side value (kv heads not yet repeated to q heads): their sizes on the
+  // split dim are cut per kv head, not per rank.
+  std::unordered_set<const torch::jit::Node*> kv_nodes;
+  // Where kv heads become q heads: output 0 of node, split on dim with full extent `extent`. A repeat
+  // (repeat_kv's expand + reshape, repeat_interleave) holds one kv head's repeats on each rank: the
+  // rewrite keeps this rank's share with a slice. Attention that groups q heads itself (SDPA with
+  // enable_gqa) needs no slice (slice = false).
+  struct Merge {
+    torch::jit::Node* node = nullptr;
+    int dim = 0;
+    int64_t extent = 0;
+    bool slice = true;
+  };
+  std::vector<Merge> merges;
+  std::vector<int64_t> q_extents;  // extents cut in tp parts; the others (kv side) in kv-head parts
+  // The kv-side parameters (k/v weights and biases, a norm weight over their features) and the
+  // operand where each is read: its gradient is summed over the ranks holding the same kv head.
+  std::vector<int> params;
+  std::vector<std::pair<torch::jit::Node*, size_t>> param_uses;
+};
+
 struct Family {
   std::vector<int> columns, rows;  // indices into ShardingStructure::linears
   std::vector<int64_t> extents;    // every extent the family splits (features, heads, sizes)
   int64_t gcd = 0;                 // of the extents
   std::string label;               // "attention heads", "intermediate size", ...
   int64_t heads = 0, kv_heads = 0; // the most and fewest heads its column outputs are viewed as (0: none)
-  // At one tp: the cut. Empty per_rank with fits: even; !fits: fewer units than ranks.
+  // Set when the family's kv heads may be held by several ranks; else why not (GQA families only).
+  std::optional<KvReplication> kv;
+  std::string kv_refused;
+  // At one tp: the cut. Empty per_rank with fits: even (or kv heads replicated); !fits: fewer units than ranks.
   bool fits(int tp) const;
+  int64_t replicas(int tp) const;                  // ranks holding each kv head (1: none replicated)
   int64_t units(int tp) const;                     // whole units at this tp (gcd, or feature blocks)
   std::vector<int64_t> per_rank(int tp) const;     // empty when tp divides every extent
   std::string unit_name(int tp) const;             // "kv group: 3 q heads, 1 kv head", "64 features"
@@ -125,6 +158,18 @@ struct ShardingStructure {
   // Families structure_for_tp kept whole because tp exceeded their units (their linears forced
   // replicated): what a plan reports about them and the valid tp it lists.
   std::vector<Family> kept_whole;
+  // Where kv heads become q heads by repetition (repeat_kv's reshape of an expand, repeat_interleave
+  // on the split dim): output 0 of node, split on dim of full extent `extent`.
+  struct Repeat {
+    torch::jit::Node* node = nullptr;
+    int dim = 0;
+    int64_t extent = 0;
+  };
+  std::vector<Repeat> repeats;
+  // After propagation: the values that differ per rank (split or partial tensors, lists holding one,
+  // ints read from a split dim), and which branch a constant `if` took.
+  std::unordered_set<const torch::jit::Value*> per_rank;
+  std::unordered_map<const torch::jit::Node*, int> taken_branch;
 };
 
 // Linears forced to stay replicated, with the reason (a back-off, or a user's edited plan).
@@ -145,6 +190,12 @@ struct Families {
   const Family* of(const std::vector<int>& origins) const;  // the family of a split's origins (nullptr: none)
 };
 Families split_families(const ModelGraph& mg, const ShardingStructure& s);
+
+// Whether a GQA family's kv heads can be held by several ranks (kv_replication.cpp): the k/v side
+// must stay per kv head (element-wise work, views, norms over the head dim) until a repeat or a
+// grouping attention turns it into q heads, and never mix with q-side values before that. Sets
+// f.kv or f.kv_refused.
+void analyze_kv_replication(const ModelGraph& mg, const ShardingStructure& s, Family& f);
 
 // The structure for one tp: propagation, with every family that has fewer units than tp ranks kept
 // whole (its linears forced replicated, with the reason) and propagation run again.

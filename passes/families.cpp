@@ -54,7 +54,16 @@ int64_t feature_block(const Family& f, int tp) {
 
 int64_t Family::units(int tp) const { return plain_features(*this) && !even(*this, tp) ? gcd / feature_block(*this, tp) : gcd; }
 
-bool Family::fits(int tp) const { return even(*this, tp) || units(tp) >= tp; }
+bool Family::fits(int tp) const { return even(*this, tp) || units(tp) >= tp || replicas(tp) > 1; }
+
+// Fewer kv heads than tp, tp a multiple of them and dividing every q-side extent: each kv head is
+// held by tp / kv ranks (kv_replication.cpp).
+int64_t Family::replicas(int tp) const {
+  if (!kv || even(*this, tp) || units(tp) >= tp || tp % gcd != 0) return 1;
+  for (int64_t e : kv->q_extents)
+    if (e % tp != 0) return 1;
+  return tp / gcd;
+}
 
 std::vector<int64_t> Family::per_rank(int tp) const {
   if (even(*this, tp)) return {};
@@ -158,6 +167,7 @@ Families split_families(const ModelGraph& mg, const ShardingStructure& s) {
       f.kv_heads = f.kv_heads ? std::min(f.kv_heads, L[c].heads) : L[c].heads;
     }
     f.label = f.heads > 0 ? "attention heads" : "intermediate size";
+    analyze_kv_replication(mg, s, f);
   }
   return out;
 }
@@ -171,8 +181,10 @@ ShardingStructure structure_for_tp(const ModelGraph& mg, const ProbeValues& valu
     for (const auto& f : fams.list) {
       if (f.fits(tp)) continue;
       kept_whole.push_back(f);
-      const std::string why = "replicated: tp=" + std::to_string(tp) + " is more than the " + std::to_string(f.units(tp)) +
-                              " whole units its " + f.label + " split into (each " + f.unit_name(tp) + ")";
+      std::string why = "replicated: tp=" + std::to_string(tp) + " is more than the " + std::to_string(f.units(tp)) +
+                        " whole units its " + f.label + " split into (each " + f.unit_name(tp) + ")";
+      if (!f.kv_refused.empty()) why += "; its kv heads cannot be held by several ranks: " + f.kv_refused;
+      else if (f.kv) why += "; kv heads on several ranks need tp a multiple of " + std::to_string(f.gcd) + " that divides the q heads";
       for (int c : f.columns) more |= forced.emplace(s.linears[c].node, why).second;
       for (int r : f.rows) more |= forced.emplace(s.linears[r].node, why).second;  // else tried column-parallel, then backed off
     }

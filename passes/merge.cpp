@@ -29,6 +29,7 @@ std::string layout_to_json(const TpPlan& plan) {
                            {"placement", placement_name(p.placement)}, {"split_dim", p.split_dim},
                            {"segments", p.segments}, {"padded", p.padded}});
     if (!p.units.empty()) j["params"].back()["units"] = p.units;  // absent when even: older layouts read the same
+    if (p.replicas > 1) j["params"].back()["replicas"] = p.replicas;
   }
   return j.dump();
 }
@@ -54,6 +55,7 @@ std::vector<ParamPlan> layout_params(const std::string& text, const std::string&
       pp.segments = p.at("segments").get<std::vector<int64_t>>();
       pp.padded = p.at("padded").get<int64_t>();
       pp.units = p.value("units", std::vector<int64_t>{});
+      pp.replicas = p.value("replicas", int64_t{1});
       params.push_back(std::move(pp));
     }
   } catch (const nlohmann::json::exception& e) {

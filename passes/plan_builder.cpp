@@ -67,6 +67,18 @@ void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure
     std::string what = r.linear >= 0 ? mg.tensors[s.linears[r.linear].weight].name : r.node->kind().toQualString();
     plan.collectives.push_back({"reduce_from_tp", "after " + what, source_of(r.node), r.bytes});
   }
+  for (const auto& f : split_families(mg, s).list) {
+    const int64_t m = f.replicas(plan.tp);
+    if (m == 1) continue;
+    for (size_t k = 0; k < f.kv->params.size(); ++k) {
+      const auto& t = mg.tensors[static_cast<size_t>(f.kv->params[k])].tensor;
+      plan.collectives.push_back({"copy_to_replicas",
+                                  "gradient of " + mg.tensors[static_cast<size_t>(f.kv->params[k])].name + ", summed over the " +
+                                      std::to_string(m) + " ranks holding the same kv head",
+                                  source_of(f.kv->param_uses[k].first),
+                                  static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) / f.gcd});
+    }
+  }
   for (const auto& e : s.embeddings)
     plan.collectives.push_back({"vocab_embedding_reduce", "after " + mg.tensors[e.weight].name, source_of(e.node), 0});
   for (const auto& l : s.linears)
@@ -77,6 +89,13 @@ void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure
 }
 
 // The sites, by node number in the flat graph.
+// kv heads on several ranks: the replica count at node n (a reader of the kv side) of the family of
+// `origins`, else 1.
+int64_t kv_replicas_at(const Families& fams, const std::vector<int>& origins, const Node* n, int tp) {
+  const Family* f = fams.of(origins);
+  return f && f->replicas(tp) > 1 && f->kv->kv_nodes.count(n) ? f->replicas(tp) : 1;
+}
+
 GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, const Families& fams, int tp) {
   auto units_of = [&](const std::vector<int>& origins) {
     const Family* f = fams.of(origins);
@@ -103,9 +122,27 @@ GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, const Fami
   for (const auto& e : s.embeddings) g.embeddings.push_back(number.at(e.node));
   for (const auto& r : s.rescales) {
     auto units = units_of(r.origins);
-    const int64_t to = units.empty() ? r.from / tp : r.from / std::accumulate(units.begin(), units.end(), int64_t{0}) * units[0];
+    const int64_t replicas = kv_replicas_at(fams, r.origins, r.node, tp);
+    const int64_t to = replicas > 1     ? r.from / (tp / replicas)
+                       : units.empty() ? r.from / tp
+                                       : r.from / std::accumulate(units.begin(), units.end(), int64_t{0}) * units[0];
     g.rescales.push_back({number.at(r.node), static_cast<int64_t>(r.list_input), static_cast<int64_t>(r.list_index), r.from, to,
-                          r.runtime, std::move(units)});
+                          r.runtime, std::move(units), replicas});
+  }
+  for (const auto& f : fams.list) {
+    const int64_t m = f.replicas(tp);
+    if (m == 1) continue;
+    for (const auto& mg_ : f.kv->merges)
+      if (mg_.slice) g.kv_slices.push_back({number.at(mg_.node), 0, mg_.dim, mg_.extent, m});
+    for (const auto& [n, i] : f.kv->param_uses) {
+      const Value* v = n->input(i);
+      GraphSites::Copy site;
+      site.node = v->node()->kind() == c10::prim::Param ? -1 : number.at(v->node());
+      site.output = static_cast<int64_t>(v->offset());
+      site.uses.push_back({number.at(n), static_cast<int64_t>(i)});
+      site.replicas = m;
+      g.copies.push_back(std::move(site));
+    }
   }
   for (const auto& l : s.linears)
     if (l.logits) g.vocab = mg.tensors[l.weight].tensor.size(l.column_dim);
@@ -131,6 +168,10 @@ std::vector<int> valid_tp_of(const std::vector<Family>& families, int64_t loose_
       std::string part;
       if (!f.fits(t)) {
         part = f.label + " kept whole (" + std::to_string(f.units(t)) + " units; unit: " + f.unit_name(t) + ")";
+      } else if (f.replicas(t) > 1) {
+        any_split = true;
+        part = f.label + " with each kv head on " + std::to_string(f.replicas(t)) + " ranks (" + std::to_string(f.kv_heads) +
+               " kv heads, " + std::to_string(f.heads) + " q heads: " + std::to_string(f.heads / t) + " per rank)";
       } else {
         any_split = true;
         const auto cut = f.per_rank(t);
@@ -261,8 +302,18 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
       sf.unit = f.unit_name(tp);
       sf.per_rank = f.per_rank(tp);
       sf.whole = list == &s.kept_whole;
+      sf.replicas = sf.whole ? 1 : f.replicas(tp);
+      if (sf.replicas > 1) sf.unit = "kv head, held by " + std::to_string(sf.replicas) + " ranks (" + std::to_string(f.heads / tp) + " q heads each)";
       plan.families.push_back(std::move(sf));
     }
+  // kv heads on several ranks: the replica count of a kv-side parameter (1 for every other).
+  auto replicas_of = [&](int linear_or_minus, const Node* n, const std::vector<int>& origins) -> int64_t {
+    const Family* f = fams.of(linear_or_minus >= 0 ? std::vector<int>{linear_or_minus} : origins);
+    if (!f || f->replicas(tp) == 1) return 1;
+    if (linear_or_minus >= 0)
+      return std::count(f->kv->kv_columns.begin(), f->kv->kv_columns.end(), linear_or_minus) ? f->replicas(tp) : 1;
+    return f->kv->kv_nodes.count(n) ? f->replicas(tp) : 1;
+  };
   auto units_of_linear = [&](int linear) {
     const auto& l = s.linears[static_cast<size_t>(linear)];
     const Family* f = fams.of(l.mode == Mode::Row ? l.fed_by : std::vector<int>{linear});
@@ -276,15 +327,20 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     std::string reason;
     std::vector<int64_t> segments;
     std::vector<int64_t> units;
+    int64_t replicas = 1;
   };
   std::map<int, Decision> decided;
   auto decide = [&](int t, Placement p, int dim, const std::string& reason, const Node* n, std::vector<int64_t> segments = {},
-                    std::vector<int64_t> units = {}) {
+                    std::vector<int64_t> units = {}, int64_t replicas = 1) {
     auto it = decided.find(t);
     if (it == decided.end()) {
-      decided[t] = {p, dim, reason, std::move(segments), std::move(units)};
+      decided[t] = {p, dim, reason, std::move(segments), std::move(units), replicas};
       return;
     }
+    if (it->second.replicas != replicas)
+      throw Error(mg.path + ": " + name(t) + " is held by " + std::to_string(it->second.replicas) + " rank(s) per part one way (" +
+                  it->second.reason + ") and by " + std::to_string(replicas) + " another way (" + n->kind().toQualString() + " at " +
+                  source_of(n) + "); a tensor has one placement");
     if (it->second.units != units)
       throw Error(mg.path + ": " + name(t) + " is cut unevenly one way (" + it->second.reason + ") and another way by " +
                   n->kind().toQualString() + " at " + source_of(n) + "; a tensor has one placement");
@@ -315,11 +371,16 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
           if (l.heads) why += " into " + std::to_string(l.heads) + " heads";
           if (!l.feeds.empty()) why += ", reaching row-parallel " + names_of(l.feeds);
           if (!segments.empty()) why += "; a fused projection: each rank holds its slice of each of " + std::to_string(segments.size()) + " segments";
-          decide(l.weight, Placement::Column, l.column_dim, why, l.node, segments, units_of_linear(static_cast<int>(i)));
+          const int64_t m = replicas_of(static_cast<int>(i), l.node, {});
+          if (m > 1)
+            why += "; kv heads held by " + std::to_string(m) + " ranks each (tp=" + std::to_string(tp) +
+                   " is more than the kv heads), their gradient summed over those ranks";
+          decide(l.weight, Placement::Column, l.column_dim, why, l.node, segments, units_of_linear(static_cast<int>(i)), m);
         }
         if (l.bias >= 0)
           decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node, segments,
-                 l.logits ? std::vector<int64_t>{} : units_of_linear(static_cast<int>(i)));
+                 l.logits ? std::vector<int64_t>{} : units_of_linear(static_cast<int>(i)),
+                 l.logits ? 1 : replicas_of(static_cast<int>(i), l.node, {}));
         break;
       case Mode::Row:
         for (int c : l.fed_by)
@@ -340,7 +401,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     const Family* f = fams.of(ps.origins);
     decide(ps.tensor, Placement::Column, ps.dim,
            std::string("split with the features it scales: ") + ps.node->kind().toQualString() + " at " + source_of(ps.node), ps.node, {},
-           f ? f->per_rank(tp) : std::vector<int64_t>{});
+           f ? f->per_rank(tp) : std::vector<int64_t>{}, replicas_of(-1, ps.node, ps.origins));
   }
   for (const auto& c : s.copies)
     for (int t : c.params)
@@ -378,6 +439,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
       p.split_dim = it->second.dim;
       p.segments = it->second.segments;
       p.units = it->second.units;
+      p.replicas = it->second.replicas;
       p.reason = it->second.reason;
       if (!p.units.empty()) {
         std::string cut;
@@ -395,6 +457,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     p.bytes_per_rank = p.split_dim >= 0 ? p.bytes / tp : p.bytes;
     if (!p.units.empty())  // rank 0 holds the most
       p.bytes_per_rank = p.bytes / std::accumulate(p.units.begin(), p.units.end(), int64_t{0}) * p.units[0];
+    if (p.replicas > 1) p.bytes_per_rank = p.bytes / (tp / p.replicas);
     if (p.placement == Placement::Vocab && p.shape[static_cast<size_t>(p.split_dim)] % tp) {
       const int64_t rows = p.shape[static_cast<size_t>(p.split_dim)], padded = (rows + tp - 1) / tp * tp;
       p.padded = padded;
@@ -416,7 +479,9 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     std::string m = module_of(mg, r.node);
     if (!m.empty()) where += " in " + m;
     RescaleSite site{where, r.value, r.from, r.from / tp, {}, source_of(r.node)};
-    if (const Family* f = fams.of(r.origins); f && !f->per_rank(tp).empty()) {
+    if (const int64_t m = kv_replicas_at(fams, r.origins, r.node, tp); m > 1) {
+      site.to = r.from / (tp / m);  // the kv side: one kv head's share, the same on every rank
+    } else if (const Family* f = fams.of(r.origins); f && !f->per_rank(tp).empty()) {
       const auto units = f->per_rank(tp);
       const int64_t n = std::accumulate(units.begin(), units.end(), int64_t{0});
       for (int64_t u : units) site.to_per_rank.push_back(r.from / n * u);

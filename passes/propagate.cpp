@@ -32,6 +32,7 @@ class Propagator final : public RuleContext {
     finish_outputs();
     collect_copies();
     for (auto& r : s_.reduces) r.bytes = bytes_of(r.node->output());
+    snapshot_per_rank();
 #if AUTOTP_MUTANT == 6  // mutant (make mutants): only the column linears' copy_to_tp, no partial-gradient copies
     s_.copies.erase(std::remove_if(s_.copies.begin(), s_.copies.end(), [](const auto& c) { return !c.for_linear; }),
                     s_.copies.end());
@@ -128,7 +129,9 @@ class Propagator final : public RuleContext {
     // An if on constants and module attributes only (`if self.n_rep == 1`) takes the same branch on
     // every run: that branch is followed like straight-line code.
     if (n->kind() == c10::prim::If && tag(n->input(0)).kind == IntTag::Static && probed(n->input(0))) {
-      torch::jit::Block* taken = n->blocks()[probed(n->input(0))->toBool() ? 0 : 1];
+      const int branch = probed(n->input(0))->toBool() ? 0 : 1;
+      s_.taken_branch[n] = branch;
+      torch::jit::Block* taken = n->blocks()[static_cast<size_t>(branch)];
       walk(taken);
       for (size_t i = 0; i < n->outputs().size(); ++i) copy_state(taken->outputs()[i], n->outputs()[i], nullptr);
       return;

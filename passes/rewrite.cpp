@@ -13,6 +13,8 @@
 //   embedding        aten::embedding -> autotp::vocab_parallel_embedding on this rank's rows
 //   rescale          the size-list entry on a split dim becomes from/tp (the module attribute is left
 //                    as it was: other reads of it are not on a split dim)
+//   kv slice         kv heads on several ranks: after a repeat of the kv heads, this rank's q heads
+//   copy_to_replicas kv heads on several ranks: at a k/v weight, its gradient summed over the holders
 #include <algorithm>
 #include <limits>
 #include <map>
@@ -38,6 +40,7 @@ using torch::jit::Value;
 using torch::jit::WithInsertPoint;
 
 const c10::Symbol kCopy = c10::Symbol::fromQualString("autotp::copy_to_tp");
+const c10::Symbol kCopyReplicas = c10::Symbol::fromQualString("autotp::copy_to_replicas");
 const c10::Symbol kReduce = c10::Symbol::fromQualString("autotp::reduce_from_tp");
 const c10::Symbol kEmbedding = c10::Symbol::fromQualString("autotp::vocab_parallel_embedding");
 
@@ -63,6 +66,7 @@ class Rewriter {
     insert_copies();
     insert_reduces();
     rescale_sizes();
+    slice_repeated_kv();
     replace_embeddings();
     replace_tensors();
     torch::jit::EliminateDeadCode(mg_.graph);
@@ -104,7 +108,9 @@ class Rewriter {
       int64_t first = c.uses.front().node;
       for (const auto& u : c.uses) first = std::min(first, u.node);
       WithInsertPoint at(node(first));
-      Value* copied = g_.insert(kCopy, tp_args(x));
+      Value* copied = c.replicas > 1 ? g_.insert(kCopyReplicas, {NamedValue(x), NamedValue(std::string("tp")), NamedValue(int64_t{tp_}),
+                                                                 NamedValue(c.replicas)})
+                                     : g_.insert(kCopy, tp_args(x));
       for (const auto& u : c.uses) node(u.node)->replaceInput(static_cast<size_t>(u.input), copied);
     }
   }
@@ -163,6 +169,9 @@ class Rewriter {
   // A size on a split dim: a static one replaced by this rank's value, one read at run time
   // divided by tp where it is used (uneven: times this rank's units, divided by all units).
   Value* rescaled(Value* size, const GraphSites::Rescale& r) {
+    if (r.replicas > 1)  // the kv side with kv heads on several ranks: one kv head's share
+      return r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(size), NamedValue(int64_t{tp_ / r.replicas})})
+                       : g_.insertConstant(r.from / (tp_ / r.replicas));
     if (r.units.empty())
       return r.runtime ? g_.insert(c10::aten::floordiv, {NamedValue(size), NamedValue(int64_t{tp_})}) : g_.insertConstant(r.to);
     const int64_t n = std::accumulate(r.units.begin(), r.units.end(), int64_t{0}), mine = r.units.at(static_cast<size_t>(rank_));
@@ -199,6 +208,21 @@ class Rewriter {
       item = rescaled(item, r);
       Node* fresh = g_.insertNode(g_.createList(c10::IntType::get(), items));
       n->replaceInput(static_cast<size_t>(r.list_input), fresh->output());
+    }
+  }
+
+  // kv heads on several ranks: a repeat made every q head of this rank's kv head; this rank keeps
+  // its own (the q heads its slice of q_proj computes).
+  void slice_repeated_kv() {
+    for (const auto& k : plan_.sites.kv_slices) {
+      Node* n = node(k.node);
+      Value* v = n->outputs().at(static_cast<size_t>(k.output));
+      const int64_t keep = k.extent / tp_, start = (rank_ % k.replicas) * keep;
+      WithInsertPoint after(n->next());
+      Value* mine = g_.insert(c10::aten::slice, {NamedValue(v), NamedValue(k.dim), NamedValue(start), NamedValue(start + keep),
+                                                 NamedValue(int64_t{1})});
+      v->replaceAllUsesWith(mine);
+      mine->node()->replaceInput(0, v);
     }
   }
 
@@ -272,7 +296,11 @@ void check_plan_fits(const TpPlan& plan, const ModelGraph& mg) {
                   join_shape(it->second->tensor.sizes().vec()) + "; make the plan from this model");
     if (p.split_dim < 0) continue;
     const int64_t extent = p.padded ? p.padded : p.shape.at(static_cast<size_t>(p.split_dim));
-    if (!p.units.empty()) {
+    if (p.replicas > 1) {
+      if (plan.tp % p.replicas != 0 || extent % (plan.tp / p.replicas) != 0)
+        throw Error(plan.model + ": the plan holds " + p.name + " (" + join_shape(p.shape) + ") on " + std::to_string(p.replicas) +
+                    " ranks per part, which does not fit tp=" + std::to_string(plan.tp) + "; make the plan from this model");
+    } else if (!p.units.empty()) {
       const int64_t n = std::accumulate(p.units.begin(), p.units.end(), int64_t{0});
       bool whole = p.units.size() == static_cast<size_t>(plan.tp) && n > 0;
       for (int64_t seg : p.segments.empty() ? std::vector<int64_t>{extent} : p.segments) whole = whole && seg % n == 0;
@@ -334,6 +362,10 @@ at::Tensor first_tensor(const c10::IValue& v) {
 }  // namespace
 
 std::vector<std::pair<int64_t, int64_t>> rank_slices(const ParamPlan& p, int64_t extent, int tp, int rank) {
+  if (p.replicas > 1) {  // kv heads on several ranks: tp / replicas parts, rank r holds part r / replicas
+    tp /= static_cast<int>(p.replicas);
+    rank /= static_cast<int>(p.replicas);
+  }
   const std::vector<int64_t> segments = p.segments.empty() ? std::vector<int64_t>{extent} : p.segments;
   std::vector<std::pair<int64_t, int64_t>> out;
   int64_t start = 0;
@@ -376,8 +408,10 @@ at::Tensor shard_of(const at::Tensor& whole, const ParamPlan& p, int tp, int ran
   return parts.size() == 1 ? parts[0] : at::cat(parts, p.split_dim);
 }
 
-at::Tensor assemble(const std::vector<at::Tensor>& parts, const ParamPlan& p) {
-  if (p.split_dim < 0) return parts.at(0);
+at::Tensor assemble(const std::vector<at::Tensor>& all_parts, const ParamPlan& p) {
+  if (p.split_dim < 0) return all_parts.at(0);
+  std::vector<at::Tensor> parts;  // kv heads on several ranks: the first holder of each part
+  for (size_t r = 0; r < all_parts.size(); r += static_cast<size_t>(std::max<int64_t>(p.replicas, 1))) parts.push_back(all_parts[r]);
   const int tp = static_cast<int>(parts.size());
   if (p.segments.empty()) {
     at::Tensor whole = at::cat(parts, p.split_dim);

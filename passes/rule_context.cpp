@@ -208,4 +208,19 @@ void RuleContext::index_into(Node* n) {
   if (any_split(c)) fail(n, "indexes a container holding split tensors it cannot follow");
 }
 
+void RuleContext::snapshot_per_rank() {
+  for (const auto& [v, p] : place_)
+    if (!p.replicated()) s_.per_rank.insert(v);
+  for (const auto& [v, ps] : elem_place_)
+    for (const auto& p : ps)
+      if (!p.replicated()) s_.per_rank.insert(v);
+  for (const auto& [v, items] : items_)
+    if (any_split(v)) s_.per_rank.insert(v);
+  for (const auto& [v, t] : tag_)
+    if (t.kind == IntTag::Local) s_.per_rank.insert(v);
+  for (const auto& [v, ts] : elem_tags_)
+    for (const auto& t : ts)
+      if (t.kind == IntTag::Local) s_.per_rank.insert(v);
+}
+
 }  // namespace autotp

@@ -101,6 +101,8 @@ class RuleContext {
   virtual const std::string* forced_reason(Node* n) const = 0;
   // A tuple/list element: the element's state (prim::TupleIndex, aten::__getitem__).
   void index_into(Node* n);
+  // The values that differ per rank, into structure().per_rank (after the walk).
+  void snapshot_per_rank();
 
  protected:
   std::string at(const Node* n) const;  // "aten::mul at file.py:12 (module)"

@@ -42,6 +42,21 @@ void replicated_reshape(RuleContext& c, Node* n, const Value* list) {
   c.set(n->output(), {});
 }
 
+// Whether dims [from, to) of x are repeats of one slice: x is an expand (through contiguous/clone)
+// of a tensor that has size 1 there (repeat_kv's x[:, :, None].expand(b, kv, n_rep, s, d)).
+bool broadcast_dims(RuleContext& c, const Value* x, size_t from, size_t to) {
+  while (x->node()->kind() == c10::aten::contiguous || x->node()->kind() == c10::aten::clone) x = x->node()->input(0);
+  const Node* e = x->node();
+  if (e->kind() != c10::aten::expand && e->kind() != c10::aten::broadcast_to) return false;
+  const auto in = c.sizes(e->input(0)), out = c.sizes(x);
+  const int64_t offset = static_cast<int64_t>(out.size()) - static_cast<int64_t>(in.size());
+  for (size_t a = from; a < to; ++a) {
+    const int64_t k = static_cast<int64_t>(a) - offset;
+    if (out[a] > 1 && k >= 0 && in[static_cast<size_t>(k)] != 1) return false;
+  }
+  return true;
+}
+
 // The reshape rule over probed shapes; `list` is the size-list input (or nullptr).
 void reshape_rule(RuleContext& c, Node* n, int list_input) {
   const Value* x = n->input(0);
@@ -75,6 +90,8 @@ void reshape_rule(RuleContext& c, Node* n, int list_input) {
       c.need_full(n, px.origins, "regroups dims " + join_shape(in) + " -> " + join_shape(out) + " across the split dim " +
                                      std::to_string(px.dim));
     out_dim = static_cast<int>(first_out);
+    if (in_pieces > 1 && out_pieces == 1 && broadcast_dims(c, x, first_in + 1, i))  // kv heads repeated to q heads
+      c.structure().repeats.push_back({n, out_dim, out[first_out]});
     if (out_pieces > 1) {  // the split dim divided into pieces: the first carries the split (heads)
       auto& s = c.structure();
       for (int o : px.origins) {
@@ -270,8 +287,10 @@ void repeat_interleave_rule(RuleContext& c, Node* n) {
   if (p.split()) {
     if (no_dim) c.need_full(n, p.origins, "repeats a flattened split tensor");
     Value* size = c.arg(n, "output_size");
-    if (norm_dim(c.int_of(dim), c.rank(n->input(0))) == p.dim && size && size->type()->kind() != c10::TypeKind::NoneType)
+    const bool on_split = norm_dim(c.int_of(dim), c.rank(n->input(0))) == p.dim;
+    if (on_split && size && size->type()->kind() != c10::TypeKind::NoneType)
       c.fail(n, "repeats along the split dim with a fixed output_size; leave output_size out");
+    if (on_split) c.structure().repeats.push_back({n, p.dim, c.sizes(n->output()).at(static_cast<size_t>(p.dim))});
   }
   c.set(n->output(), p);
 }

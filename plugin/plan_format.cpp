@@ -32,7 +32,7 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
   j["families"] = json::array();
   for (const auto& f : plan.families)
     j["families"].push_back({{"name", f.name}, {"linears", f.linears}, {"units", f.units}, {"unit", f.unit},
-                             {"per_rank", f.per_rank}, {"whole", f.whole}});
+                             {"per_rank", f.per_rank}, {"whole", f.whole}, {"replicas", f.replicas}});
   j["rank_bytes"] = rank_bytes(plan);
   j["blocks"] = plan.blocks;
   j["parameters"] = json::array();
@@ -40,7 +40,8 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
     j["parameters"].push_back({{"name", p.name}, {"aliases", p.aliases}, {"shape", p.shape}, {"dtype", p.dtype},
                                {"placement", placement_name(p.placement)}, {"split_dim", p.split_dim},
                                {"reason", p.reason}, {"bytes", p.bytes}, {"bytes_per_rank", p.bytes_per_rank},
-                               {"grad", p.grad}, {"segments", p.segments}, {"padded", p.padded}, {"units", p.units}});
+                               {"grad", p.grad}, {"segments", p.segments}, {"padded", p.padded}, {"units", p.units},
+                               {"replicas", p.replicas}});
   }
   j["rescaled"] = json::array();
   for (const auto& r : plan.rescaled)
@@ -61,14 +62,18 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
   for (const auto& c : g.copies) {
     json uses = json::array();
     for (const auto& u : c.uses) uses.push_back({u.node, u.input});
-    sites["copies"].push_back({{"node", c.node}, {"output", c.output}, {"uses", uses}});
+    sites["copies"].push_back({{"node", c.node}, {"output", c.output}, {"uses", uses}, {"replicas", c.replicas}});
   }
   sites["reduces"] = json::array();
   for (const auto& r : g.reduces)
     sites["reduces"].push_back({{"node", r.node}, {"bias_input", r.bias_input}, {"mean", r.mean}, {"units", r.units}});
   sites["rescales"] = json::array();
   for (const auto& r : g.rescales)
-    sites["rescales"].push_back({{"node", r.node}, {"list_input", r.list_input}, {"list_index", r.list_index}, {"from", r.from}, {"to", r.to}, {"runtime", r.runtime}});
+    sites["rescales"].push_back({{"node", r.node}, {"list_input", r.list_input}, {"list_index", r.list_index}, {"from", r.from}, {"to", r.to}, {"runtime", r.runtime},
+                                 {"units", r.units}, {"replicas", r.replicas}});
+  sites["kv_slices"] = json::array();
+  for (const auto& k : g.kv_slices)
+    sites["kv_slices"].push_back({{"node", k.node}, {"output", k.output}, {"dim", k.dim}, {"extent", k.extent}, {"replicas", k.replicas}});
   j["sites"] = sites;
   return j.dump(indent);
 }
@@ -120,6 +125,7 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
       pp.segments = p.value("segments", std::vector<int64_t>{});
       pp.padded = p.value("padded", int64_t{0});
       pp.units = p.value("units", std::vector<int64_t>{});
+      pp.replicas = p.value("replicas", int64_t{1});
       plan.parameters.push_back(std::move(pp));
     }
     key = "sites";
@@ -132,7 +138,7 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
       for (const auto& o : s.value("logits", json::array())) g.logits.push_back({o.at(0).get<int64_t>(), o.at(1).get<int64_t>()});
       g.embeddings = s.value("embeddings", std::vector<int64_t>{});
       for (const auto& c : s.at("copies")) {
-        GraphSites::Copy cc{c.at("node").get<int64_t>(), c.at("output").get<int64_t>(), {}};
+        GraphSites::Copy cc{c.at("node").get<int64_t>(), c.at("output").get<int64_t>(), {}, c.value("replicas", int64_t{1})};
         for (const auto& u : c.at("uses")) cc.uses.push_back({u.at(0).get<int64_t>(), u.at(1).get<int64_t>()});
         g.copies.push_back(std::move(cc));
       }
@@ -142,7 +148,10 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
       for (const auto& r : s.at("rescales"))
         g.rescales.push_back({r.at("node").get<int64_t>(), r.at("list_input").get<int64_t>(), r.at("list_index").get<int64_t>(),
                               r.at("from").get<int64_t>(), r.at("to").get<int64_t>(), r.value("runtime", false),
-                              r.value("units", std::vector<int64_t>{})});
+                              r.value("units", std::vector<int64_t>{}), r.value("replicas", int64_t{1})});
+      for (const auto& k : s.value("kv_slices", json::array()))
+        g.kv_slices.push_back({k.at("node").get<int64_t>(), k.at("output").get<int64_t>(), k.at("dim").get<int64_t>(),
+                               k.at("extent").get<int64_t>(), k.at("replicas").get<int64_t>()});
     }
     return plan;
   } catch (const Error&) {
@@ -208,7 +217,7 @@ std::string plan_to_table(const TpPlan& plan) {
     for (const auto& f : plan.families) {
       auto same = [&](const std::pair<const SplitFamily*, int>& k) {
         return k.first->name == f.name && k.first->unit == f.unit && k.first->units == f.units && k.first->per_rank == f.per_rank &&
-               k.first->whole == f.whole;
+               k.first->whole == f.whole && k.first->replicas == f.replicas;
       };
       auto it = std::find_if(kinds.begin(), kinds.end(), same);
       if (it == kinds.end()) kinds.push_back({&f, 1});
@@ -221,6 +230,11 @@ std::string plan_to_table(const TpPlan& plan) {
         o << "; " << f->name << " (" << count << " block" << (count == 1 ? "" : "s") << "): ";
         if (f->whole) {
           o << "whole (" << f->units << " units for " << plan.tp << " ranks; unit: " << f->unit << ")";
+          continue;
+        }
+        if (f->replicas > 1) {
+          o << "kv head " << r / f->replicas << " of " << f->units << ", shared with " << f->replicas - 1 << " other rank"
+            << (f->replicas == 2 ? "" : "s") << "; q heads " << r % f->replicas + 1 << "/" << f->replicas << " of its group";
           continue;
         }
         const int64_t mine = f->per_rank.empty() ? f->units / plan.tp : f->per_rank[static_cast<size_t>(r)];

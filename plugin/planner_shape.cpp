@@ -6,8 +6,9 @@
 //   false). No biases. Under TP t the attention and MLP weights split by t, the embedding and lm-head
 //   by vocabulary rows padded to a multiple of t (as autotp pads), the norms stay whole; a t that
 //   does not divide the kv groups or the MLP features cuts them unevenly in whole units
-//   (passes/families.cpp); Ψ_t is rank 0's, the largest. A t larger than the kv groups, at which
-//   autotp keeps attention whole, is not offered: the estimates assume every layer split.
+//   (passes/families.cpp); Ψ_t is rank 0's, the largest. A t that is a multiple of the kv heads and
+//   divides the q heads holds each kv head on t / kv ranks; another t larger than the kv groups, at
+//   which autotp keeps attention whole, is not offered: the estimates assume every layer split.
 // A TorchScript archive: the analysis (passes/) plans it once per valid tp; its bytes per rank are
 // exact for what autotp would run, vocabulary padding included. The shapes the activation formula
 // needs are read off the plan: heads, kv heads, intermediate size and vocabulary from its split
@@ -79,7 +80,17 @@ ModelShape shape_from_hf_config_text(const std::string& text, const std::string&
   mlp.extents = {m.intermediate};
   for (Family* f : {&attention, &mlp})
     for (int64_t e : f->extents) f->gcd = std::gcd(f->gcd, e);
-  auto rank0 = [](const Family& f, int t, int64_t params) {
+  // A Llama repeats its kv heads (repeat_kv), so at a tp that is a multiple of them and divides the q
+  // heads each kv head is held by tp / kv ranks (passes/kv_replication.cpp).
+  if (m.kv_heads < m.heads && attention.gcd == m.kv_heads) {
+    attention.heads = m.heads;
+    attention.kv_heads = m.kv_heads;
+    attention.kv = KvReplication{};
+    attention.kv->q_extents = {m.heads * head_dim, m.heads};
+  }
+  auto rank0 = [&](const Family& f, int t, int64_t params) {
+    if (f.replicas(t) > 1)  // q and o cut t ways, k and v in kv-head parts
+      return 2 * h * m.heads * head_dim / t + 2 * h * m.kv_heads * head_dim / f.gcd;
     if (!f.fits(t)) return params;
     const auto cut = f.per_rank(t);
     return cut.empty() ? params / t : params / f.units(t) * cut[0];

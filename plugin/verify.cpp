@@ -254,6 +254,25 @@ std::string VerifyReport::text() const {
   return out.str();
 }
 
+namespace {
+
+// This rank's error of `got` against the reference `ref`: this rank's part of `ref` as the plan
+// splits it (scaled by the whole reference: the number the re-assembled comparison gives). A part
+// of the wrong shape is infinitely wrong, not an exception: every rank must reach the max-reduce.
+double part_rel(const at::Tensor& got, const at::Tensor& ref, const ParamPlan& p, int rank, int tp, double floor = 0) {
+  at::Tensor mine = shard_of(ref, p, tp, rank);
+  if (got.sizes() != mine.sizes()) return std::numeric_limits<double>::infinity();
+  if (p.padded) {  // padding is not the model's: compare this rank's real rows or columns only
+    const int64_t local = p.padded / tp, real = p.shape.at(static_cast<size_t>(p.split_dim));
+    const int64_t keep = std::max<int64_t>(0, std::min(local, real - rank * local));
+    if (keep == 0) return 0;
+    return rel(got.narrow(p.split_dim, 0, keep), mine.narrow(p.split_dim, 0, keep), ref, floor);
+  }
+  return rel(got, mine, ref, floor);
+}
+
+}  // namespace
+
 VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
   Setup s = prepare(path, o);
   const bool cuda = torch::cuda::is_available();
@@ -290,6 +309,8 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
         if (r == 0) {
           by_site = mesh->tp_group().by_site();
           by_kind = mesh->tp_group().by_kind();
+          for (const auto& g : mesh->replica_groups())  // kv heads on several ranks: their gradient sums
+            for (const auto& [site, c] : g->by_site()) by_site[site + " (" + g->name() + ")"] = c;
         }
       } catch (const std::exception& e) {
         errors[r] = user_message(e);
@@ -324,9 +345,11 @@ VerifyReport verify_threads(const std::string& path, const VerifyOptions& o) {
       shards.push_back(it->second);
     }
     double e = 0;
-    if (p.split_dim >= 0)
+    if (p.split_dim >= 0) {
       e = rel(assemble(shards, p), ref, floor);
-    else
+      if (p.replicas > 1)  // kv heads on several ranks: assemble reads the first holder; every holder must agree
+        for (int r = 0; r < tp; ++r) e = std::max(e, part_rel(shards[static_cast<size_t>(r)], ref, p, r, tp, floor));
+    } else
       for (const auto& replica : shards) e = std::max(e, rel(replica, ref, floor));  // each replica in full
     record_grad(rep, name, e);
   }
@@ -347,24 +370,6 @@ VerifyReport verify_on_mesh(const std::string& path, const VerifyOptions& o, Mes
   return rep;
 }
 
-namespace {
-
-// This rank's error of `got` against the reference `ref`: this rank's part of `ref` as the plan
-// splits it (scaled by the whole reference: the number the re-assembled comparison gives). A part
-// of the wrong shape is infinitely wrong, not an exception: every rank must reach the max-reduce.
-double part_rel(const at::Tensor& got, const at::Tensor& ref, const ParamPlan& p, int rank, int tp, double floor = 0) {
-  at::Tensor mine = shard_of(ref, p, tp, rank);
-  if (got.sizes() != mine.sizes()) return std::numeric_limits<double>::infinity();
-  if (p.padded) {  // padding is not the model's: compare this rank's real rows or columns only
-    const int64_t local = p.padded / tp, real = p.shape.at(static_cast<size_t>(p.split_dim));
-    const int64_t keep = std::max<int64_t>(0, std::min(local, real - rank * local));
-    if (keep == 0) return 0;
-    return rel(got.narrow(p.split_dim, 0, keep), mine.narrow(p.split_dim, 0, keep), ref, floor);
-  }
-  return rel(got, mine, ref, floor);
-}
-
-}  // namespace
 
 VerifyReport verify_rank(torch::jit::Module& original, const TpPlan& plan, torch::jit::Module& mine,
                          const std::vector<int64_t>& shape, uint64_t seed, Mesh& mesh) {

@@ -251,7 +251,36 @@ std::shared_ptr<Mesh> Mesh::create(const c10::intrusive_ptr<c10d::Store>& store,
   m->world_group_ = make_group(store, "world", "autotp/world", all, rank, options);
   m->tp_ = make_group(store, "tp", "autotp/tp/" + std::to_string(tp_index), tp_ranks, rank, options);
   m->dp_ = make_group(store, "dp", "autotp/dp/" + std::to_string(dp_index), dp_ranks, rank, options);
+  m->options_ = options;
   return m;
+}
+
+std::shared_ptr<Group> Mesh::replica_group(int replicas) {
+  std::lock_guard<std::mutex> lock(replicas_mu_);
+  auto& g = replica_groups_[replicas];
+  if (g) return g;
+  const int first_tp_rank = tp_->ranks().front();
+  const int part = tp_->rank() / replicas;
+  std::vector<int> ranks;
+  for (int i = 0; i < replicas; ++i) ranks.push_back(first_tp_rank + part * replicas + i);
+  g = make_group(store_, "tp/" + std::to_string(replicas),
+                 "autotp/tp/" + std::to_string(first_tp_rank) + "/replicas" + std::to_string(replicas) + "/" + std::to_string(part), ranks,
+                 rank_, options_);
+  return g;
+}
+
+std::vector<std::shared_ptr<Group>> Mesh::replica_groups() const {
+  std::lock_guard<std::mutex> lock(replicas_mu_);
+  std::vector<std::shared_ptr<Group>> out;
+  for (const auto& [m, g] : replica_groups_) out.push_back(g);
+  return out;
+}
+
+std::vector<std::shared_ptr<Group>> Mesh::groups() const {
+  std::vector<std::shared_ptr<Group>> out{world_group_, tp_, dp_};
+  std::lock_guard<std::mutex> lock(replicas_mu_);
+  for (const auto& [m, g] : replica_groups_) out.push_back(g);
+  return out;
 }
 
 std::shared_ptr<Group> Mesh::find(const std::string& name) const {
@@ -263,7 +292,7 @@ std::shared_ptr<Group> Mesh::find(const std::string& name) const {
 
 std::string Mesh::stats_table() const {
   std::ostringstream out;
-  for (const auto& g : {world_group_, tp_, dp_})
+  for (const auto& g : groups())
     for (const auto& [site, c] : g->by_site())
       out << g->name() << " " << site << " calls=" << c.calls << " bytes=" << c.bytes << "\n";
   return out.str();
@@ -271,7 +300,7 @@ std::string Mesh::stats_table() const {
 
 std::string Mesh::stats_json() const {
   nlohmann::json j;
-  for (const auto& g : {world_group_, tp_, dp_}) {
+  for (const auto& g : groups()) {
     nlohmann::json gj;
     gj["size"] = g->size();
     for (const auto& [kind, c] : g->by_kind()) gj["by_kind"][kind] = {{"calls", c.calls}, {"bytes", c.bytes}};
@@ -284,7 +313,7 @@ std::string Mesh::stats_json() const {
 }
 
 void Mesh::reset_counts() {
-  for (const auto& g : {world_group_, tp_, dp_}) g->reset_counts();
+  for (const auto& g : groups()) g->reset_counts();
 }
 
 bool cuda_build() {

@@ -2,6 +2,7 @@
 //
 // Megatron's conjugate pair and the vocab-parallel pieces (runtime/README.md):
 //   copy_to_tp      forward identity (a view, declared as such)  backward all-reduce over tp
+//   copy_to_replicas  the same over the ranks holding one kv head (kv heads on several ranks)
 //   reduce_from_tp  forward all-reduce into a new tensor         backward identity
 //   gather_from_tp  forward all-gather on the last dim           backward this rank's slice
 //   vocab_parallel_embedding   masked lookup in this rank's rows, zero the rest, reduce_from_tp
@@ -53,6 +54,13 @@ std::shared_ptr<Group> resolve_group(const std::string& op, const std::string& n
   return g;
 }
 
+std::shared_ptr<Group> replica_group(const std::string& op, const std::string& name, int64_t tp, int64_t replicas) {
+  resolve_group(op, name, tp);
+  if (replicas < 1 || tp % replicas != 0)
+    throw Error("autotp::" + op + ": " + std::to_string(replicas) + " ranks per kv head does not divide tp=" + std::to_string(tp));
+  return current_mesh()->replica_group(static_cast<int>(replicas));
+}
+
 namespace {
 
 struct CopyToTp : torch::autograd::Function<CopyToTp> {
@@ -67,6 +75,23 @@ struct CopyToTp : torch::autograd::Function<CopyToTp> {
     g->all_reduce(dx, c10d::ReduceOp::SUM, site("copy_to_tp", "backward"));
 #endif
     return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+// kv heads held by several ranks: identity forward; backward sums the gradient over the `replicas`
+// consecutive ranks of the TP group that hold the same kv head (each covers only its own q heads).
+struct CopyToReplicas : torch::autograd::Function<CopyToReplicas> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const std::string& group, int64_t tp, int64_t replicas) {
+    ctx->saved_data["group"] = replica_group("copy_to_replicas", group, tp, replicas)->id();
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = group_by_id(ctx->saved_data["group"].toInt());
+    at::Tensor dx = grads[0].contiguous().clone();
+#if AUTOTP_MUTANT != 8  // mutant (make mutants): the kv-head holders' gradients are not summed
+    g->all_reduce(dx, c10d::ReduceOp::SUM, site("copy_to_replicas", "backward"));
+#endif
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -162,6 +187,13 @@ at::Tensor vpce_fwd(const at::Tensor& logits, const at::Tensor& target, int64_t 
   return VocabParallelCrossEntropy::apply(logits, target, ignore_index, std::string(group), tp);
 }
 
+at::Tensor copy_to_replicas_fwd(const at::Tensor& x, c10::string_view group, int64_t tp, int64_t replicas) {
+  replica_group("copy_to_replicas", std::string(group), tp, replicas);
+  return x.alias();
+}
+at::Tensor copy_to_replicas_ad(const at::Tensor& x, c10::string_view group, int64_t tp, int64_t replicas) {
+  return CopyToReplicas::apply(x, std::string(group), tp, replicas);
+}
 at::Tensor copy_to_tp_ad(const at::Tensor& x, c10::string_view group, int64_t tp) {
   return CopyToTp::apply(x, std::string(group), tp);
 }
@@ -221,6 +253,7 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tens
 
 TORCH_LIBRARY(autotp, m) {
   m.def("copy_to_tp(Tensor(a) x, str group, int tp) -> Tensor(a)");
+  m.def("copy_to_replicas(Tensor(a) x, str group, int tp, int replicas) -> Tensor(a)");
   m.def("reduce_from_tp(Tensor x, str group, int tp) -> Tensor");
   m.def("gather_from_tp(Tensor x, str group, int tp) -> Tensor");
   m.def("vocab_parallel_embedding(Tensor weight, Tensor ids, int padding_idx, str group, int tp) -> Tensor",
@@ -230,6 +263,7 @@ TORCH_LIBRARY(autotp, m) {
 
 TORCH_LIBRARY_IMPL(autotp, CompositeExplicitAutograd, m) {
   m.impl("copy_to_tp", TORCH_FN(autotp::copy_to_tp_fwd));
+  m.impl("copy_to_replicas", TORCH_FN(autotp::copy_to_replicas_fwd));
   m.impl("reduce_from_tp", TORCH_FN(autotp::reduce_from_tp_fwd));
   m.impl("gather_from_tp", TORCH_FN(autotp::gather_from_tp_fwd));
   m.impl("vocab_parallel_cross_entropy", TORCH_FN(autotp::vpce_fwd));
@@ -237,6 +271,7 @@ TORCH_LIBRARY_IMPL(autotp, CompositeExplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(autotp, Autograd, m) {
   m.impl("copy_to_tp", TORCH_FN(autotp::copy_to_tp_ad));
+  m.impl("copy_to_replicas", TORCH_FN(autotp::copy_to_replicas_ad));
   m.impl("reduce_from_tp", TORCH_FN(autotp::reduce_from_tp_ad));
   m.impl("gather_from_tp", TORCH_FN(autotp::gather_from_tp_ad));
   m.impl("vocab_parallel_cross_entropy", TORCH_FN(autotp::vpce_ad));

@@ -20,5 +20,7 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tens
 
 // The current mesh's group `name`, checked to have `tp` members; throws autotp::Error naming `op`.
 std::shared_ptr<Group> resolve_group(const std::string& op, const std::string& name, int64_t tp);
+// The ranks of this rank's TP group that hold its kv head: `replicas` consecutive ones.
+std::shared_ptr<Group> replica_group(const std::string& op, const std::string& name, int64_t tp, int64_t replicas);
 
 }  // namespace autotp

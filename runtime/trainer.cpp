@@ -46,13 +46,20 @@ namespace {
 // weights, biases) unless the config asks for it: what transformers' Trainer does by name, read
 // here from the shape, which holds for every architecture in the zoo.
 std::vector<TrainableParam> trainable_params(const torch::jit::Module& m, bool decay_1d) {
-  std::set<std::string> split;
-  for (const auto& name : rewrite_info(m).split) split.insert(name);
+  const RewriteInfo info = rewrite_info(m);
+  std::set<std::string> split(info.split.begin(), info.split.end());
+  std::map<std::string, int64_t> replicas;  // kv heads held by several ranks
+  for (const auto& p : info.params)
+    if (p.replicas > 1) {
+      replicas[p.name] = p.replicas;
+      for (const auto& a : p.aliases) replicas[a] = p.replicas;
+    }
   std::vector<TrainableParam> out;
   std::set<const void*> seen;  // tied weights: one tensor under two names, trained once
   for (const auto& p : m.named_parameters(/*recurse=*/true)) {
     if (!p.value.requires_grad() || !seen.insert(p.value.unsafeGetTensorImpl()).second) continue;
     out.push_back({p.name, p.value, split.count(p.name) > 0, decay_1d || p.value.dim() >= 2});
+    if (auto it = replicas.find(p.name); it != replicas.end()) out.back().replicas = it->second;
   }
   return out;
 }

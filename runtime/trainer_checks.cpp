@@ -1,6 +1,7 @@
 // The trainer's self-checks (see trainer_checks.h).
 #include "runtime/trainer_checks.h"
 
+#include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <limits>
@@ -128,6 +129,30 @@ void check_tp_replicas(const std::vector<TrainableParam>& params, Group& tp, int
       throw Error("train: step " + std::to_string(step) + ": replicated parameter " + replicated[i]->name +
                   " differs across the tensor-parallel group (max |diff| of checksums " + sci(d, 1) +
                   "); its gradient was not reduced over TP — report this model to autotp");
+  }
+  // kv heads on several ranks: the holders of each kv part must agree too. Every rank's checksums
+  // of its kv parameters, gathered over TP, compared between ranks r and r' with r / m == r' / m.
+  std::vector<const TrainableParam*> held;
+  std::vector<double> mine;
+  for (const auto& p : params) {
+    if (!p.tp_split || p.replicas <= 1) continue;
+    auto [sum, weighted] = checksums(p.param);
+    held.push_back(&p);
+    mine.insert(mine.end(), {sum, weighted});
+  }
+  if (held.empty()) return;
+  at::Tensor all = at::nan_to_num(tp.all_gather(at::tensor(mine, at::kDouble), 0, "train.check_replicas").view({tp.size(), -1}), 0.5);
+  for (size_t i = 0; i < held.size(); ++i) {
+    const int64_t m = held[i]->replicas;
+    for (int r = 0; r < tp.size(); ++r) {
+      const int first = static_cast<int>(r / m * m);
+      const double d = std::max(std::abs(all[r][2 * i].item<double>() - all[first][2 * i].item<double>()),
+                                std::abs(all[r][2 * i + 1].item<double>() - all[first][2 * i + 1].item<double>()));
+      if (d != 0 || std::isnan(d))
+        throw Error("train: step " + std::to_string(step) + ": " + held[i]->name + ", a kv head held by " + std::to_string(m) +
+                    " ranks, differs between tp ranks " + std::to_string(first) + " and " + std::to_string(r) +
+                    " (max |diff| of checksums " + sci(d, 1) + "); its gradient was not summed over its holders — report this model to autotp");
+    }
   }
 }
 

@@ -38,7 +38,8 @@ ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shar
   for (size_t i = 0; i < params_.size(); ++i) {
     const int64_t n = params_[i].param.numel();
     full.narrow(0, offsets_[i], n).copy_(params_[i].param.detach().reshape({-1}));
-    weight.narrow(0, offsets_[i], n).fill_(params_[i].tp_split ? 1.0f : replicated_weight);
+    weight.narrow(0, offsets_[i], n)
+        .fill_(params_[i].tp_split ? 1.0f / static_cast<float>(std::max<int64_t>(params_[i].replicas, 1)) : replicated_weight);
   }
   master_ = full.narrow(0, begin_, partition_).clone();
   norm_weight_ = weight.narrow(0, begin_, partition_).clone();

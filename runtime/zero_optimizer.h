@@ -36,6 +36,7 @@ struct TrainableParam {
   at::Tensor param;       // the model's tensor (fp32 or bf16); updated in place
   bool tp_split = false;  // a shard over the TP group; otherwise replicated across it
   bool decay = true;      // weight decay applies (false: norms and biases)
+  int64_t replicas = 1;   // a shard several TP ranks hold (kv heads on several ranks): its norm weight is 1/replicas
 };
 
 // One contiguous run [offset, offset + master.numel()) of a rank's flat fp32 optimizer vector.

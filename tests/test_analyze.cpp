@@ -60,14 +60,18 @@ std::vector<Expected> frozen_order(const FixtureConfig& c) {
 // independently of passes/families.cpp): even when tp divides every split extent; else unevenly in
 // whole units — for attention the kv groups (heads are a multiple of kv heads in every fixture),
 // for the MLP blocks of the largest power of two <= 64 that leaves >= 4 blocks per rank (else >= 1)
-// — the first units % tp ranks taking one more; kept whole when there are fewer units than ranks.
+// — the first units % tp ranks taking one more; with fewer kv heads than tp, a multiple of them
+// dividing the q heads (GQA), each kv head on tp / kv ranks (issue 13 item 2: the q side cut tp
+// ways, the kv side in kv-head parts); else kept whole when there are fewer units than ranks.
 struct Cut {
   bool whole = false;
   int64_t units = 0;             // 0: even
   std::vector<int64_t> per_rank;
-  // Rank r's share of an extent the family splits.
-  int64_t share(int64_t extent, int tp, int r = 0) const {
+  int64_t replicas = 1;          // ranks holding each kv head
+  // Rank r's share of an extent the family splits (kv: an extent of the k/v side).
+  int64_t share(int64_t extent, int tp, int r = 0, bool kv = false) const {
     if (whole) return extent;
+    if (replicas > 1) return kv ? extent / (tp / replicas) : extent / tp;
     return units ? extent / units * per_rank[static_cast<size_t>(r)] : extent / tp;
   }
 };
@@ -82,6 +86,11 @@ Cut uneven(int64_t units, int tp) {
 
 Cut attention_cut(const FixtureConfig& c, int tp) {
   if (c.heads % tp == 0 && c.kv_heads % tp == 0) return {};
+  if (c.kv_heads < c.heads && c.kv_heads < tp && tp % c.kv_heads == 0 && c.heads % tp == 0) {
+    Cut r;
+    r.replicas = tp / c.kv_heads;
+    return r;
+  }
   return uneven(c.kv_heads, tp);
 }
 
@@ -100,8 +109,9 @@ struct Bytes {
 Bytes expected_bytes(const FixtureConfig& c, int tp) {
   const int64_t h = c.hidden, kv = c.kv_heads * c.head_dim(), f = 4;  // fp32
   const Cut attn = attention_cut(c, tp), mlp = mlp_cut(c, tp);
-  int64_t attention = h * h /*q*/ + 2 * kv * h /*k v*/ + h * h /*o*/;
-  if (c.qkv_bias) attention += h + 2 * kv;
+  int64_t q_side = h * h /*q*/ + h * h /*o*/, kv_side = 2 * kv * h /*k v*/;
+  if (c.qkv_bias) q_side += h, kv_side += 2 * kv;
+  const int64_t attention = q_side + kv_side;
   const int64_t ffn = 3 * c.intermediate * h, vocab = c.vocab * h * (c.tied ? 1 : 2);
   const int64_t norms = c.layers * 2 * h + h + (c.export_kind == "freeze" ? c.head_dim() / 2 : 0);  // + inv_freq constant
   Bytes b;
@@ -109,7 +119,8 @@ Bytes expected_bytes(const FixtureConfig& c, int tp) {
   b.replicated = f * (norms + c.layers * ((attn.whole ? attention : 0) + (mlp.whole ? ffn : 0)));
   b.split = b.total - b.replicated;
   const int64_t padded_rows = (c.vocab + tp - 1) / tp;
-  b.rank0 = f * (norms + c.layers * (attn.share(attention, tp) + mlp.share(ffn, tp)) + padded_rows * h * (c.tied ? 1 : 2));
+  b.rank0 = f * (norms + c.layers * (attn.share(q_side, tp) + attn.share(kv_side, tp, 0, true) + mlp.share(ffn, tp)) +
+                 padded_rows * h * (c.tied ? 1 : 2));
   return b;
 }
 
@@ -182,6 +193,8 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
     const bool is_mlp = frozen ? (i >= 2 && (i - 2) % 9 >= 6 && (i - 2) / 9 < static_cast<size_t>(c.layers))
                                : p.name.find("mlp.") != std::string::npos;
     const Cut& cut = is_mlp ? mcut : acut;
+    const bool kv_side = frozen ? (i >= 2 && ((i - 2) % 9 == 2 || (i - 2) % 9 == 3) && (i - 2) / 9 < static_cast<size_t>(c.layers))
+                                : p.name.find("k_proj") != std::string::npos || p.name.find("v_proj") != std::string::npos;
     if (e.placement != Placement::Vocab && e.split_dim >= 0 && cut.whole) e = {Placement::Replicated, -1};
     EXPECT_EQ(p.placement, e.placement) << p.name << ": " << p.reason;
     EXPECT_EQ(p.split_dim, e.split_dim) << p.name;
@@ -194,10 +207,11 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
       continue;
     }
     EXPECT_EQ(p.units, cut.per_rank) << p.name;
-    EXPECT_EQ(p.bytes_per_rank, cut.share(p.bytes, tp)) << p.name;
+    EXPECT_EQ(p.replicas, kv_side ? cut.replicas : 1) << p.name;
+    EXPECT_EQ(p.bytes_per_rank, cut.share(p.bytes, tp, 0, kv_side)) << p.name;
     for (int r = 0; r < tp; ++r) {  // every rank's part has its own extent
       std::vector<int64_t> shape = p.shape;
-      shape[static_cast<size_t>(e.split_dim)] = cut.share(shape[static_cast<size_t>(e.split_dim)], tp, r);
+      shape[static_cast<size_t>(e.split_dim)] = cut.share(shape[static_cast<size_t>(e.split_dim)], tp, r, kv_side);
       EXPECT_EQ(autotp::local_shape(p, tp, r), shape) << p.name << " rank " << r;
     }
   }
@@ -230,15 +244,16 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
         int64_t from;
         std::string value;
         std::string line;
+        bool kv = false;  // read on the k/v side (before repeat_kv's reshape, which is its last)
       };
       const std::string heads = "attribute " + attn + ".num_heads", kv = "attribute " + attn + ".num_kv_heads";
       const std::string kvrep = "aten::mul(" + kv + ", attribute " + attn + ".n_rep)";
       // Both attention variants share Attention.project_heads / repeat_kv / merge_heads.
       const std::vector<Site> sites = {
-          {"aten::view", 2, c.heads, heads, "ref_llama.py:66"},      {"aten::view", 2, c.kv_heads, kv, "ref_llama.py:67"},
-          {"aten::view", 2, c.kv_heads, kv, "ref_llama.py:68"},      {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60"},
-          {"aten::reshape", 1, c.heads, kvrep, "ref_llama.py:61"},   {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60"},
-          {"aten::reshape", 1, c.heads, kvrep, "ref_llama.py:61"},
+          {"aten::view", 2, c.heads, heads, "ref_llama.py:66"},            {"aten::view", 2, c.kv_heads, kv, "ref_llama.py:67", true},
+          {"aten::view", 2, c.kv_heads, kv, "ref_llama.py:68", true},      {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60", true},
+          {"aten::reshape", 1, c.heads, kvrep, "ref_llama.py:61", true},   {"aten::expand", 1, c.kv_heads, kv, "ref_llama.py:60", true},
+          {"aten::reshape", 1, c.heads, kvrep, "ref_llama.py:61", true},
           {"aten::reshape", 2, c.hidden, "attribute " + attn + ".hidden_size", "ref_llama.py:75"}};
       for (size_t i = 0; i < sites.size(); ++i) {
         const auto& got = plan.rescaled[l * 8 + i];
@@ -248,7 +263,7 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
         EXPECT_EQ(got.where, where);
         EXPECT_EQ(got.value, frozen ? "constant" : want.value);
         EXPECT_EQ(got.from, want.from);
-        EXPECT_EQ(got.to, acut.share(want.from, tp));
+        EXPECT_EQ(got.to, acut.share(want.from, tp, 0, want.kv));
         std::vector<int64_t> per_rank;
         for (int r = 0; acut.units && r < tp; ++r) per_rank.push_back(acut.share(want.from, tp, r));
         EXPECT_EQ(got.to_per_rank, per_rank);
@@ -267,13 +282,16 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
   EXPECT_EQ(kinds["reduce_from_tp"], split_families * c.layers);
   EXPECT_EQ(kinds["vocab_embedding_reduce"], 1);
   EXPECT_EQ(kinds["vocab_parallel_logits"], 1);
-  EXPECT_EQ(kinds.size(), 4u);
+  // kv heads on several ranks: each k/v weight (and bias) sums its gradient over its holders.
+  const int64_t replica_sums = acut.replicas > 1 && !frozen ? c.layers * (c.qkv_bias ? 4 : 2) : 0;
+  if (replica_sums) EXPECT_EQ(kinds["copy_to_replicas"], replica_sums);
+  EXPECT_EQ(kinds.size(), replica_sums ? 5u : 4u);
 }
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const char* f : {"llama_mha", "llama_gqa", "llama_tied", "qwen2", "mistral", "ref_script", "ref_frozen", "ref_sdpa"})
-    for (int tp : {1, 2, 3, 4}) cases.push_back({f, tp});
+    for (int tp : {1, 2, 3, 4, 8}) cases.push_back({f, tp});  // 8: kv heads on 2 ranks (4 on mistral)
   for (int tp : {1, 2, 3, 4}) cases.push_back({"smollm2", tp});
   return cases;
 }

@@ -61,15 +61,18 @@ TEST(Plan, TinyModelCountsByHand) {
   EXPECT_EQ(layer, 36864);
   EXPECT_EQ(m.parameters, 2 * layer + 2 * 2 * 64 + 64 + 2 * 102 * 64);
   EXPECT_EQ(m.parameters, 87104);
-  EXPECT_EQ(m.valid_tp, (std::vector<int>{1, 2}));  // from 3 on the 2 kv heads would stay whole
+  // 3 would keep the 2 kv heads whole; 4 holds each on 2 ranks (1 q head of 16 per rank).
+  EXPECT_EQ(m.valid_tp, (std::vector<int>{1, 2, 4}));
   EXPECT_EQ(m.parameters_per_rank(2), 2 * layer / 2 + 5 * 64 + 2 * 51 * 64);
+  // tp 4: q and o 64·16 each, k and v one kv head (16 rows of 64) each, MLP 3·64·32; norms; vocab 26 rows (102 padded to 104).
+  EXPECT_EQ(m.parameters_per_rank(4), 2 * (2 * 64 * 16 + 2 * 16 * 64 + 3 * 64 * 32) + 5 * 64 + 2 * 26 * 64);
 }
 
 // Every memory component and byte count of every row at G=4, N=2 (8 GPUs), from the formulas.
 TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
   auto m = autotp::shape_from_hf_config_text(kTiny, "tiny");
   auto p = autotp::plan_cluster(m, cluster(4, 2, 1'000'000), training());
-  ASSERT_EQ(p.strategies.size(), 6u);
+  ASSERT_EQ(p.strategies.size(), 8u);  // DDP, ZeRO-1/2/3, AutoTP(2) and AutoTP(4) (2 kv heads on 2 ranks each) + ZeRO-1/2
   const int64_t s = 32, b = 2, h = 64, a = 4, L = 2, B = 2;
   const int64_t sbh = s * b * h;
   const int64_t unit = std::max<int64_t>(36864 + 2 * h, 102 * h);  // ZeRO-3 gathers a layer or the embedding
@@ -78,7 +81,9 @@ TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
     const int64_t t = row.tp, dp = 8 / t, ga = 16 / (b * dp), z = row.zero_stage;
     EXPECT_EQ(row.dp, dp);
     EXPECT_EQ(row.grad_accum, ga);
-    const int64_t psi = t == 1 ? 87104 : 43712, part = ceil_div(psi, dp);
+    // Ψ per rank: t 2 halves every layer; t 4 cuts q, o and the MLP in 4 and holds one kv head of k and v.
+    const int64_t psi = t == 1 ? 87104 : t == 2 ? 43712 : 2 * (2 * 64 * 16 + 2 * 16 * 64 + 3 * 64 * 32) + 5 * 64 + 2 * 26 * 64;
+    const int64_t part = ceil_div(psi, dp);
     EXPECT_EQ(row.params, B * (z == 3 ? part : psi));
     EXPECT_EQ(row.grads, B * (z >= 2 ? part : psi));
     EXPECT_EQ(row.optimizer, 12 * (z >= 1 ? part : psi));
@@ -87,7 +92,7 @@ TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
     // output, 8sbh + 4sb; per layer two norms, q, k, v and the attention output 4·2·sb·a·d/t, fp32
     // probabilities and their bf16 copy 6·a·s²·b/t, MLP 4·2·sb·i/t; the final norm; the logits
     // 2·sb·V/t and the cross-entropy's fp32 softmax, gradient and its bf16 copy 10·sb·V/t (V = 102).
-    const int64_t sb = s * b, d = 16, i = 128, V = 102 / t, norm = 8 * sbh + 4 * sb;
+    const int64_t sb = s * b, d = 16, i = 128, V = ceil_div(102, t), norm = 8 * sbh + 4 * sb;  // rows padded to a multiple of t
     const int64_t per_layer = 2 * norm + (8 * sb * a * d + 6 * a * s * s * b + 8 * sb * i) / t;
     EXPECT_EQ(row.activations, L * per_layer + norm + 2 * sb * V + 10 * sb * V);
     EXPECT_EQ(row.total, row.params + row.grads + row.optimizer + row.buffers + row.activations);
@@ -106,8 +111,10 @@ TEST(Plan, TwoLayerModelOnTwoNodesOfFourGpusExactly) {
   EXPECT_EQ(p.strategy("autotp(2)+zero-1").total, 832576);
   EXPECT_EQ(p.strategy("AutoTP(2)+ZeRO-1").intra_node_bytes, 165376);
   EXPECT_EQ(p.strategy("ZeRO-3").total, 904096);
-  // Fits: ZeRO-2, ZeRO-3 and both AutoTP rows; least inter-node traffic: AutoTP(2)+ZeRO-1.
-  EXPECT_EQ(p.recommended, "AutoTP(2)+ZeRO-1");
+  // Fits: ZeRO-2, ZeRO-3 and the four AutoTP rows; least inter-node traffic: AutoTP(4)+ZeRO-1, whose
+  // dp of 2 moves its 24128-parameter partition twice (reduce-scatter and all-gather, bf16).
+  EXPECT_EQ(p.strategy("AutoTP(4)+ZeRO-1").inter_node_bytes, 2 * 24128);
+  EXPECT_EQ(p.recommended, "AutoTP(4)+ZeRO-1");
   EXPECT_NE(p.reason.find("sends the least over the network"), std::string::npos) << p.reason;
 }
 
@@ -186,7 +193,7 @@ TEST(Plan, NothingFitsSaysWhatToChange) {
   auto m = autotp::shape_from_hf_config_text(kTiny, "tiny");
   auto p = autotp::plan_cluster(m, cluster(4, 2, 500'000), training());
   EXPECT_TRUE(p.recommended.empty());
-  EXPECT_NE(p.reason.find("nothing fits in 0.0 GiB per GPU: the smallest is AutoTP(2)+ZeRO-2"), std::string::npos) << p.reason;
+  EXPECT_NE(p.reason.find("nothing fits in 0.0 GiB per GPU: the smallest is AutoTP(4)+ZeRO-2"), std::string::npos) << p.reason;
   EXPECT_NE(p.reason.find("--activation-checkpointing"), std::string::npos) << p.reason;
   EXPECT_EQ(autotp::cluster_plan_json(p).find("\"recommended\": null") != std::string::npos, true);
 }
@@ -270,14 +277,14 @@ TEST(Plan, EmittedConfigsReadByAutotpDeepSpeedAndLlamaFactory) {
   auto r = run_command(base + " --emit-deepspeed " + dir + "/rec.json --emit-llamafactory " + dir + "/sft.yaml");
   ASSERT_EQ(r.status, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);  // the notes go to stderr with --json
-  EXPECT_EQ(j.at("recommended"), "AutoTP(2)+ZeRO-1");
+  EXPECT_EQ(j.at("recommended"), "AutoTP(4)+ZeRO-1");  // 2 kv heads on 2 ranks each (Plan.TwoLayerModel...)
   EXPECT_EQ(j.at("model").at("parameters"), 87104);
   for (const auto& s : j.at("strategies")) {
     for (const char* k : {"params", "grads", "optimizer", "activations", "total"}) EXPECT_TRUE(s.at("memory_bytes").at(k).is_number_integer());
     for (const char* k : {"intra_node", "inter_node"}) EXPECT_TRUE(s.at("comm_bytes_per_step").at(k).is_number_integer());
     for (const char* k : {"name", "tp", "dp", "zero_stage", "comm_seconds", "fits"}) EXPECT_TRUE(s.contains(k)) << k;
   }
-  EXPECT_NE(r.err.find("rec.json for AutoTP(2)+ZeRO-1 (autotp train --config reads it"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rec.json for AutoTP(4)+ZeRO-1 (autotp train --config reads it"), std::string::npos) << r.err;
   for (const std::string name : {"DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3", "AutoTP(2)+ZeRO-2"}) {
     std::string file = name;
     for (auto& c : file) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
@@ -298,12 +305,12 @@ TEST(Plan, EmittedConfigsReadByAutotpDeepSpeedAndLlamaFactory) {
   }
   auto rec = autotp::validate_config_file(dir + "/rec.json", {std::nullopt, std::nullopt, std::nullopt, 8});
   EXPECT_TRUE(rec.ok()) << rec.message();
-  EXPECT_EQ(rec.config.tp, 2);
+  EXPECT_EQ(rec.config.tp, 4);
   auto ds = run_command(std::string(AUTOTP_VENV_BIN) + "/python " + AUTOTP_SOURCE_DIR + "/tests/deepspeed/check_plan_configs.py " +
-                        dir + "/rec.json:4 " + dir + "/DDP.json:8 " + dir + "/ZeRO_1.json:8 " + dir + "/ZeRO_2.json:8 " + dir +
+                        dir + "/rec.json:2 " + dir + "/DDP.json:8 " + dir + "/ZeRO_1.json:8 " + dir + "/ZeRO_2.json:8 " + dir +
                         "/ZeRO_3.json:8 " + dir + "/AutoTP_2__ZeRO_2.json:4 --yaml " + dir + "/sft.yaml");
   EXPECT_EQ(ds.status, 0) << ds.out << ds.err;
-  for (const std::string line : {"rec.json: stage 1 autotp_size 2 micro 2 ga 2 train_batch_size 16 bf16 True",
+  for (const std::string line : {"rec.json: stage 1 autotp_size 4 micro 2 ga 4 train_batch_size 16 bf16 True",
                                  "DDP.json: stage 0 autotp_size 0 micro 2 ga 1 train_batch_size 16",
                                  "ZeRO_2.json: stage 2 autotp_size 0 micro 2 ga 1 train_batch_size 16",
                                  "ZeRO_3.json: stage 3 autotp_size 0 micro 2 ga 1 train_batch_size 16",
@@ -311,7 +318,7 @@ TEST(Plan, EmittedConfigsReadByAutotpDeepSpeedAndLlamaFactory) {
                                  "sft.yaml: 16 LLaMA-Factory keys"})
     EXPECT_NE(ds.out.find(line), std::string::npos) << line << "\n" << ds.out << ds.err;
   EXPECT_NE(ds.out.find("deepspeed=" + dir + "/rec.json"), std::string::npos) << ds.out;
-  EXPECT_NE(ds.out.find("gradient_accumulation_steps=2"), std::string::npos) << ds.out;
+  EXPECT_NE(ds.out.find("gradient_accumulation_steps=4"), std::string::npos) << ds.out;
   EXPECT_NE(ds.out.find("disable_gradient_checkpointing=True"), std::string::npos) << ds.out;
   if (!HasFailure()) std::filesystem::remove_all(dir);
 }

@@ -157,7 +157,7 @@ INSTANTIATE_TEST_SUITE_P(Precision, ResumeBitExact, testing::Values(false, true)
 // Another layout: the same global batch (8 samples) on dp 1 with twice the accumulation, or at tp 4;
 // the ZeRO partitions (and at tp 4 every shard) are cut anew. fp32 sums in another order: 1e-6.
 TEST(Resume, AnotherDpOrTpContinuesWithin1e6) {
-  for (Layout second : {Layout{2, 1, 2, 4}, Layout{4, 1, 2, 4}, Layout{1, 2, 2, 2}}) {
+  for (Layout second : {Layout{2, 1, 2, 4}, Layout{4, 1, 2, 4}, Layout{1, 2, 2, 2}, Layout{8, 1, 2, 4}}) {  // 8: kv heads on 2 ranks
     Workspace w = workspace("layout" + std::to_string(second.tp) + std::to_string(second.dp));
     auto [full, part] = run_and_resume(w, {2, 2, 2, 2}, second, false);
     ASSERT_EQ(part.size(), 12u);

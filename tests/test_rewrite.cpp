@@ -83,12 +83,21 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, VerifyFixture,
                                          Case{"ref_bias", 4},
                                          // Uneven (issue 13): tp=3 cuts 8 heads 3+3+2 (MHA) or 4 kv groups 2+1+1 and
                                          // the intermediate 128 in blocks of 8 (6+5+5); the scripted and frozen
-                                         // references rescale their head counts to each rank's own value. tp=3 and
-                                         // 4 on mistral (2 kv heads) keep attention whole and cut only the MLP.
+                                         // references rescale their head counts to each rank's own value. tp=3 on
+                                         // mistral (2 kv heads) keeps attention whole and cuts only the MLP.
                                          Case{"llama_mha", 3}, Case{"llama_gqa", 3}, Case{"llama_tied", 3},
-                                         Case{"qwen2", 3}, Case{"qwen3", 3}, Case{"mistral", 3}, Case{"mistral", 4},
+                                         Case{"qwen2", 3}, Case{"qwen3", 3}, Case{"mistral", 3},
                                          Case{"ref_script", 3}, Case{"ref_frozen", 3}, Case{"ref_sdpa", 3},
-                                         Case{"ref_bias", 3}),
+                                         Case{"ref_bias", 3},
+                                         // kv heads on several ranks (issue 13 item 2): mistral's 2 kv heads on 2
+                                         // ranks each at tp 4 and on 4 at tp 8; the 4 kv heads of the others on 2
+                                         // at tp 8 (scripted and frozen: their kv head counts are rescaled per kv
+                                         // head, their q head counts per rank; SDPA; q/k/v biases; Qwen3's
+                                         // per-head norms on both sides).
+                                         Case{"mistral", 4}, Case{"mistral", 8}, Case{"llama_gqa", 8},
+                                         Case{"llama_tied", 8}, Case{"qwen2", 8}, Case{"qwen3", 8},
+                                         Case{"ref_script", 8}, Case{"ref_frozen", 8}, Case{"ref_sdpa", 8},
+                                         Case{"ref_bias", 8}),
                          case_name);
 
 // SmolLM2-135M (real pretrained weights, 30 layers) at tp=3. Logits and loss meet 1e-5. Its

@@ -18,6 +18,8 @@ MUTANTS = [
     (5, "decoupled weight decay applied twice", "Meshes/TrainMatchesReference.*tp1_dp1*"),
     (6, "replicated weight's TP gradient reduction skipped", "Soundness.PerHeadNorm*:Train.Qwen3*:Architectures/Zoo.*olmo2*"),
     (7, "an uneven cut's ranks all start at the first unit", "Fixtures/VerifyFixture.*_tp3:MergeRanks.BitExact*"),
+    (8, "the holders of a kv head do not sum its gradient", "Fixtures/VerifyFixture.*mistral_tp4*:KvReplication.*"),
+    (9, "a sum over the kv heads is replicated anyway", "KvReplication.ASumOverTheKvHeads*"),
 ]
 
 

@@ -109,6 +109,10 @@ class Mesh {
   Group& world_group() { return *world_group_; }
   // "tp", "dp" or "world"; nullptr for another name.
   std::shared_ptr<Group> find(const std::string& name) const;
+  // This rank's `replicas` consecutive ranks of its TP group (kv heads held by several ranks), made
+  // on first use: every member reaches it in the same forward. Named "tp/<replicas>".
+  std::shared_ptr<Group> replica_group(int replicas);
+  std::vector<std::shared_ptr<Group>> replica_groups() const;  // those made so far
   // One line per group and site: "tp all_reduce copy_to_tp.backward calls=4 bytes=8192".
   std::string stats_table() const;
   std::string stats_json() const;
@@ -122,6 +126,10 @@ class Mesh {
   c10::DeviceType device_ = c10::DeviceType::CPU;
   int device_index_ = -1;
   std::shared_ptr<Group> world_group_, tp_, dp_;
+  MeshOptions options_;
+  mutable std::mutex replicas_mu_;
+  std::map<int, std::shared_ptr<Group>> replica_groups_;
+  std::vector<std::shared_ptr<Group>> groups() const;  // world, tp, dp, then the replica groups
 };
 
 // Whether this libautotp was built against a CUDA LibTorch (with the NCCL mesh: make cuda-build).

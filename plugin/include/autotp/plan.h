@@ -30,6 +30,9 @@ struct ParamPlan {
   // features) each rank holds, in rank order; every segment is cut in sum(units) equal units and
   // rank r takes units[r] of them after the ranks before it. Empty: an even split, extent / tp each.
   std::vector<int64_t> units;
+  // kv heads held by several ranks: split_dim is cut in tp / replicas parts and rank r holds part
+  // r / replicas (the k/v projections when tp exceeds the kv heads). 1: every rank its own part.
+  int64_t replicas = 1;
   // "tp all-reduce" for a replicated parameter used on split values: each rank's gradient covers
   // only its own heads or features, so it is summed over the TP group (copy_to_tp at that use).
   std::string grad;
@@ -64,6 +67,9 @@ struct GraphSites {
   struct Copy {  // copy_to_tp of output `output` of node `node` (-1: graph input `output`) at `uses`
     int64_t node = 0, output = 0;
     std::vector<Use> uses;
+    // > 1: copy_to_replicas instead — the gradient is summed over the `replicas` consecutive ranks
+    // that hold the same kv head (a k/v weight or bias at its linear).
+    int64_t replicas = 1;
   };
   struct Reduce {  // reduce_from_tp after node; its bias input (or -1) is added once after
     int64_t node = 0, bias_input = -1;
@@ -76,12 +82,19 @@ struct GraphSites {
     // An uneven split: rank r's value is from * units[r] / sum(units) (a run-time size likewise);
     // empty: from / tp on every rank.
     std::vector<int64_t> units;
+    int64_t replicas = 1;  // a size on the kv side with kv heads on several ranks: from / (tp / replicas)
+  };
+  // Where kv heads held by `replicas` ranks become q heads by repetition: this rank keeps its share
+  // of output `output` of node on dim: extent / tp entries from (rank % replicas) × extent / tp.
+  struct KvSlice {
+    int64_t node = 0, output = 0, dim = 0, extent = 0, replicas = 1;
   };
   std::string fingerprint;
   std::vector<Copy> copies;
   std::vector<Reduce> reduces;
   std::vector<int64_t> embeddings;
   std::vector<Rescale> rescales;
+  std::vector<KvSlice> kv_slices;
   int64_t vocab = 0;  // full vocabulary when the logits leave the graph vocab-split, else 0
   int64_t vocab_padded = 0;  // the vocabulary padded to a multiple of tp
   struct Output {  // output `output` of node `node`
@@ -114,6 +127,7 @@ struct SplitFamily {
   std::string unit;             // what one unit is: "kv group of 3 heads", "64 features"
   std::vector<int64_t> per_rank;  // units each rank holds (empty: even, units / tp each)
   bool whole = false;             // fewer units than tp: kept whole, its linears replicated
+  int64_t replicas = 1;           // > 1: each kv head held by this many ranks, the q heads cut tp ways
 };
 
 struct TpPlan {
