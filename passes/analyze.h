@@ -72,8 +72,11 @@ struct Family {
   // At one tp: the cut. Empty per_rank with fits: even (or kv heads replicated); !fits: fewer units than ranks.
   bool fits(int tp) const;
   int64_t replicas(int tp) const;                  // ranks holding each kv head (1: none replicated)
+  // With kv heads replicated: q heads per rank when tp does not divide them (empty: even). The kv
+  // side is never cut by units: kv part r / replicas on rank r.
+  std::vector<int64_t> q_per_rank(int tp) const;
   int64_t units(int tp) const;                     // whole units at this tp (gcd, or feature blocks)
-  std::vector<int64_t> per_rank(int tp) const;     // empty when tp divides every extent
+  std::vector<int64_t> per_rank(int tp) const;     // empty when tp divides every extent (replicated kv: q_per_rank)
   std::string unit_name(int tp) const;             // "kv group: 3 q heads, 1 kv head", "64 features"
 };
 

@@ -58,14 +58,27 @@ bool Family::fits(int tp) const { return even(*this, tp) || units(tp) >= tp || r
 
 // Fewer kv heads than tp, tp a multiple of them and dividing every q-side extent: each kv head is
 // held by tp / kv ranks (kv_replication.cpp).
+// The q side is cut in tp even parts, or, where tp does not divide it, in whole q heads: each kv
+// head's n_rep q heads over its m holders, the first n_rep % m taking one more (Qwen2.5-7B at tp 8:
+// 7 q heads per kv head, 4 + 3).
 int64_t Family::replicas(int tp) const {
-  if (!kv || even(*this, tp) || units(tp) >= tp || tp % gcd != 0) return 1;
+  if (!kv || even(*this, tp) || units(tp) >= tp || tp % gcd != 0 || heads < tp) return 1;
   for (int64_t e : kv->q_extents)
-    if (e % tp != 0) return 1;
+    if (e % tp != 0 && e % heads != 0) return 1;
   return tp / gcd;
 }
 
+std::vector<int64_t> Family::q_per_rank(int tp) const {
+  const int64_t m = replicas(tp);
+  if (m == 1 || heads % tp == 0) return {};
+  const int64_t n_rep = heads / gcd;
+  std::vector<int64_t> out;
+  for (int64_t r = 0; r < tp; ++r) out.push_back(n_rep / m + (r % m < n_rep % m ? 1 : 0));
+  return out;
+}
+
 std::vector<int64_t> Family::per_rank(int tp) const {
+  if (replicas(tp) > 1) return q_per_rank(tp);
   if (even(*this, tp)) return {};
   const int64_t n = units(tp);
   if (n < tp) return {};

@@ -118,11 +118,13 @@ GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, const Fami
     for (const auto& [n, i] : c.uses) site.uses.push_back({number.at(n), static_cast<int64_t>(i)});
     g.copies.push_back(std::move(site));
   }
-  for (const auto& r : s.reduces) g.reduces.push_back({number.at(r.node), r.bias_input, r.mean, r.mean ? units_of(r.origins) : std::vector<int64_t>{}});
+  for (const auto& r : s.reduces)  // a mean on the kv side with kv heads replicated: each holder's share is 1 / tp (README)
+    g.reduces.push_back({number.at(r.node), r.bias_input, r.mean,
+                         r.mean && kv_replicas_at(fams, r.origins, r.node, tp) == 1 ? units_of(r.origins) : std::vector<int64_t>{}});
   for (const auto& e : s.embeddings) g.embeddings.push_back(number.at(e.node));
   for (const auto& r : s.rescales) {
-    auto units = units_of(r.origins);
     const int64_t replicas = kv_replicas_at(fams, r.origins, r.node, tp);
+    auto units = replicas > 1 ? std::vector<int64_t>{} : units_of(r.origins);
     const int64_t to = replicas > 1     ? r.from / (tp / replicas)
                        : units.empty() ? r.from / tp
                                        : r.from / std::accumulate(units.begin(), units.end(), int64_t{0}) * units[0];
@@ -133,7 +135,7 @@ GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, const Fami
     const int64_t m = f.replicas(tp);
     if (m == 1) continue;
     for (const auto& mg_ : f.kv->merges)
-      if (mg_.slice) g.kv_slices.push_back({number.at(mg_.node), 0, mg_.dim, mg_.extent, m});
+      if (mg_.slice) g.kv_slices.push_back({number.at(mg_.node), 0, mg_.dim, mg_.extent, m, f.q_per_rank(tp)});
     for (const auto& [n, i] : f.kv->param_uses) {
       const Value* v = n->input(i);
       GraphSites::Copy site;
@@ -170,8 +172,13 @@ std::vector<int> valid_tp_of(const std::vector<Family>& families, int64_t loose_
         part = f.label + " kept whole (" + std::to_string(f.units(t)) + " units; unit: " + f.unit_name(t) + ")";
       } else if (f.replicas(t) > 1) {
         any_split = true;
+        std::string q = std::to_string(f.heads / t);
+        if (const auto cut = f.q_per_rank(t); !cut.empty()) {
+          q.clear();
+          for (size_t r = 0; r < cut.size(); ++r) q += (r ? "+" : "") + std::to_string(cut[r]);
+        }
         part = f.label + " with each kv head on " + std::to_string(f.replicas(t)) + " ranks (" + std::to_string(f.kv_heads) +
-               " kv heads, " + std::to_string(f.heads) + " q heads: " + std::to_string(f.heads / t) + " per rank)";
+               " kv heads, " + std::to_string(f.heads) + " q heads: " + q + " per rank)";
       } else {
         any_split = true;
         const auto cut = f.per_rank(t);
@@ -303,7 +310,9 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
       sf.per_rank = f.per_rank(tp);
       sf.whole = list == &s.kept_whole;
       sf.replicas = sf.whole ? 1 : f.replicas(tp);
-      if (sf.replicas > 1) sf.unit = "kv head, held by " + std::to_string(sf.replicas) + " ranks (" + std::to_string(f.heads / tp) + " q heads each)";
+      if (sf.replicas > 1)
+        sf.unit = "kv head, held by " + std::to_string(sf.replicas) + " ranks (" +
+                  (sf.per_rank.empty() ? std::to_string(f.heads / tp) + " q heads each" : "its q heads split between them") + ")";
       plan.families.push_back(std::move(sf));
     }
   // kv heads on several ranks: the replica count of a kv-side parameter (1 for every other).
@@ -316,6 +325,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   };
   auto units_of_linear = [&](int linear) {
     const auto& l = s.linears[static_cast<size_t>(linear)];
+    if (l.mode == Mode::Column && replicas_of(linear, l.node, {}) > 1) return std::vector<int64_t>{};  // kv part r / replicas
     const Family* f = fams.of(l.mode == Mode::Row ? l.fed_by : std::vector<int>{linear});
     return f ? f->per_rank(tp) : std::vector<int64_t>{};
   };
@@ -401,7 +411,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     const Family* f = fams.of(ps.origins);
     decide(ps.tensor, Placement::Column, ps.dim,
            std::string("split with the features it scales: ") + ps.node->kind().toQualString() + " at " + source_of(ps.node), ps.node, {},
-           f ? f->per_rank(tp) : std::vector<int64_t>{}, replicas_of(-1, ps.node, ps.origins));
+           f && replicas_of(-1, ps.node, ps.origins) == 1 ? f->per_rank(tp) : std::vector<int64_t>{}, replicas_of(-1, ps.node, ps.origins));
   }
   for (const auto& c : s.copies)
     for (int t : c.params)

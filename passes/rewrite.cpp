@@ -217,7 +217,13 @@ class Rewriter {
     for (const auto& k : plan_.sites.kv_slices) {
       Node* n = node(k.node);
       Value* v = n->outputs().at(static_cast<size_t>(k.output));
-      const int64_t keep = k.extent / tp_, start = (rank_ % k.replicas) * keep;
+      int64_t keep = k.extent / tp_, start = (rank_ % k.replicas) * keep;
+      if (!k.units.empty()) {  // q heads uneven over the holders: this rank's after those of the holders before it
+        const int64_t n = std::accumulate(k.units.begin(), k.units.end(), int64_t{0}), per = k.extent / n;
+        const int first = rank_ / static_cast<int>(k.replicas) * static_cast<int>(k.replicas);
+        start = per * std::accumulate(k.units.begin() + first, k.units.begin() + rank_, int64_t{0});
+        keep = per * k.units.at(static_cast<size_t>(rank_));
+      }
       WithInsertPoint after(n->next());
       Value* mine = g_.insert(c10::aten::slice, {NamedValue(v), NamedValue(k.dim), NamedValue(start), NamedValue(start + keep),
                                                  NamedValue(int64_t{1})});

@@ -73,7 +73,8 @@ std::string plan_to_json(const TpPlan& plan, int indent) {
                                  {"units", r.units}, {"replicas", r.replicas}});
   sites["kv_slices"] = json::array();
   for (const auto& k : g.kv_slices)
-    sites["kv_slices"].push_back({{"node", k.node}, {"output", k.output}, {"dim", k.dim}, {"extent", k.extent}, {"replicas", k.replicas}});
+    sites["kv_slices"].push_back({{"node", k.node}, {"output", k.output}, {"dim", k.dim}, {"extent", k.extent}, {"replicas", k.replicas},
+                                   {"units", k.units}});
   j["sites"] = sites;
   return j.dump(indent);
 }
@@ -151,7 +152,8 @@ TpPlan plan_from_json(const std::string& text, const std::string& label) {
                               r.value("units", std::vector<int64_t>{}), r.value("replicas", int64_t{1})});
       for (const auto& k : s.value("kv_slices", json::array()))
         g.kv_slices.push_back({k.at("node").get<int64_t>(), k.at("output").get<int64_t>(), k.at("dim").get<int64_t>(),
-                               k.at("extent").get<int64_t>(), k.at("replicas").get<int64_t>()});
+                               k.at("extent").get<int64_t>(), k.at("replicas").get<int64_t>(),
+                               k.value("units", std::vector<int64_t>{})});
     }
     return plan;
   } catch (const Error&) {
@@ -234,7 +236,8 @@ std::string plan_to_table(const TpPlan& plan) {
         }
         if (f->replicas > 1) {
           o << "kv head " << r / f->replicas << " of " << f->units << ", shared with " << f->replicas - 1 << " other rank"
-            << (f->replicas == 2 ? "" : "s") << "; q heads " << r % f->replicas + 1 << "/" << f->replicas << " of its group";
+            << (f->replicas == 2 ? "" : "s") << "; its q heads, part " << r % f->replicas + 1 << "/" << f->replicas;
+          if (!f->per_rank.empty()) o << " (" << f->per_rank[static_cast<size_t>(r)] << " q heads)";
           continue;
         }
         const int64_t mine = f->per_rank.empty() ? f->units / plan.tp : f->per_rank[static_cast<size_t>(r)];

@@ -89,8 +89,10 @@ ModelShape shape_from_hf_config_text(const std::string& text, const std::string&
     attention.kv->q_extents = {m.heads * head_dim, m.heads};
   }
   auto rank0 = [&](const Family& f, int t, int64_t params) {
-    if (f.replicas(t) > 1)  // q and o cut t ways, k and v in kv-head parts
-      return 2 * h * m.heads * head_dim / t + 2 * h * m.kv_heads * head_dim / f.gcd;
+    if (f.replicas(t) > 1) {  // q and o cut t ways (rank 0's q heads), k and v in kv-head parts
+      const auto q = f.q_per_rank(t);
+      return 2 * h * head_dim * (q.empty() ? m.heads / t : q[0]) + 2 * h * m.kv_heads * head_dim / f.gcd;
+    }
     if (!f.fits(t)) return params;
     const auto cut = f.per_rank(t);
     return cut.empty() ? params / t : params / f.units(t) * cut[0];

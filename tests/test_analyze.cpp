@@ -67,11 +67,11 @@ struct Cut {
   bool whole = false;
   int64_t units = 0;             // 0: even
   std::vector<int64_t> per_rank;
-  int64_t replicas = 1;          // ranks holding each kv head
+  int64_t replicas = 1;          // ranks holding each kv head; per_rank then counts q heads (empty: even)
   // Rank r's share of an extent the family splits (kv: an extent of the k/v side).
   int64_t share(int64_t extent, int tp, int r = 0, bool kv = false) const {
     if (whole) return extent;
-    if (replicas > 1) return kv ? extent / (tp / replicas) : extent / tp;
+    if (replicas > 1 && kv) return extent / (tp / replicas);
     return units ? extent / units * per_rank[static_cast<size_t>(r)] : extent / tp;
   }
 };
@@ -86,9 +86,15 @@ Cut uneven(int64_t units, int tp) {
 
 Cut attention_cut(const FixtureConfig& c, int tp) {
   if (c.heads % tp == 0 && c.kv_heads % tp == 0) return {};
-  if (c.kv_heads < c.heads && c.kv_heads < tp && tp % c.kv_heads == 0 && c.heads % tp == 0) {
+  // each kv head's q heads over its holders, the first n_rep % replicas taking one more
+  if (c.kv_heads < c.heads && c.kv_heads < tp && tp % c.kv_heads == 0 && c.heads >= tp) {
     Cut r;
     r.replicas = tp / c.kv_heads;
+    if (c.heads % tp != 0) {
+      const int64_t n_rep = c.heads / c.kv_heads;
+      r.units = c.heads;
+      for (int q = 0; q < tp; ++q) r.per_rank.push_back(n_rep / r.replicas + (q % r.replicas < n_rep % r.replicas ? 1 : 0));
+    }
     return r;
   }
   return uneven(c.kv_heads, tp);
@@ -206,7 +212,7 @@ TEST_P(PlanTest, MatchesTheModelConfig) {
         EXPECT_NE(p.reason.find("replicated: tp=" + std::to_string(tp) + " is more than the"), std::string::npos) << p.reason;
       continue;
     }
-    EXPECT_EQ(p.units, cut.per_rank) << p.name;
+    EXPECT_EQ(p.units, kv_side && cut.replicas > 1 ? std::vector<int64_t>{} : cut.per_rank) << p.name;
     EXPECT_EQ(p.replicas, kv_side ? cut.replicas : 1) << p.name;
     EXPECT_EQ(p.bytes_per_rank, cut.share(p.bytes, tp, 0, kv_side)) << p.name;
     for (int r = 0; r < tp; ++r) {  // every rank's part has its own extent
@@ -292,6 +298,7 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const char* f : {"llama_mha", "llama_gqa", "llama_tied", "qwen2", "mistral", "ref_script", "ref_frozen", "ref_sdpa"})
     for (int tp : {1, 2, 3, 4, 8}) cases.push_back({f, tp});  // 8: kv heads on 2 ranks (4 on mistral)
+  for (int tp : {1, 2, 3, 4, 6}) cases.push_back({"qwen2_kv2x3", tp});  // 4: kv heads on 2 ranks, q heads 2+1 each
   for (int tp : {1, 2, 3, 4}) cases.push_back({"smollm2", tp});
   return cases;
 }
@@ -299,7 +306,8 @@ std::vector<Case> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Fixtures, PlanTest, testing::ValuesIn(all_cases()), case_name);
 
 // SmolLM2 (9 heads, 3 kv heads, intermediate 1536): tp 1 and 3 even; 2 cuts the kv groups 2+1;
-// 4..8 keep attention whole (3 kv groups) and cut the MLP, unevenly at 5 (blocks of 64) and 7 (of 32).
+// 4, 5, 7, 8 keep attention whole (3 kv groups) and cut the MLP, unevenly at 5 (blocks of 64) and 7 (of
+// 32); 6 holds each kv head on 2 ranks, which take 2 and 1 of its 3 q heads.
 TEST(PlanTest, SmolLM2AdmitsAnyTpUpToANode) {
   const auto& three = plan_for("smollm2", 3);
   EXPECT_EQ(three.valid_tp, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}));
@@ -308,7 +316,7 @@ TEST(PlanTest, SmolLM2AdmitsAnyTpUpToANode) {
                 "tp=2: attention heads uneven (2+1 units; unit: kv group: 3 q heads, 1 kv head)",
                 "tp=4: attention heads kept whole (3 units; unit: kv group: 3 q heads, 1 kv head)",
                 "tp=5: attention heads kept whole (3 units; unit: kv group: 3 q heads, 1 kv head); intermediate size uneven (5+5+5+5+4 units; unit: 64 features)",
-                "tp=6: attention heads kept whole (3 units; unit: kv group: 3 q heads, 1 kv head)",
+                "tp=6: attention heads with each kv head on 2 ranks (3 kv heads, 9 q heads: 2+1+2+1+2+1 per rank)",
                 "tp=7: attention heads kept whole (3 units; unit: kv group: 3 q heads, 1 kv head); intermediate size uneven (7+7+7+7+7+7+6 units; unit: 32 features)",
                 "tp=8: attention heads kept whole (3 units; unit: kv group: 3 q heads, 1 kv head)"}));
   // tp defaults to the largest tp <= 8 that cuts every family evenly.

@@ -100,6 +100,8 @@ TEST(KvReplication, MistralAtTp4HoldsEachKvHeadOnTwoRanks) {
     if (n.find("each kv head on") != std::string::npos) replicated_notes.push_back(n);
   EXPECT_EQ(replicated_notes, (std::vector<std::string>{
                                   "tp=4: attention heads with each kv head on 2 ranks (2 kv heads, 8 q heads: 2 per rank)",
+                                  // 4 q heads per kv head over 3 holders: 2 + 1 + 1
+                                  "tp=6: attention heads with each kv head on 3 ranks (2 kv heads, 8 q heads: 2+1+1+2+1+1 per rank)",
                                   "tp=8: attention heads with each kv head on 4 ranks (2 kv heads, 8 q heads: 1 per rank)"}));
 }
 
@@ -189,4 +191,36 @@ TEST(KvReplication, GroupedEinsumWithoutARepeatKeepsAttentionWhole) {
   EXPECT_EQ(by_name(autotp::inspect(fixture("hole_grouped_einsum"), 4)).at("layers.1.self_attn.q_proj.weight").placement,
             Placement::Column);
   verified("hole_grouped_einsum", 4);
+}
+
+// 3 q heads per kv head (Qwen2.5-7B has 7) at tp 4: each kv head on 2 ranks, which take 2 and 1 of
+// its q heads. hidden 48, head_dim 8: q_proj [48, 48] is cut 16+8+16+8 rows, with its bias; k/v
+// [16, 48] in 2 parts of 8 rows; o_proj [48, 48] 16+8+16+8 columns; each repeat's slice keeps
+// heads 0-1 or 2 of its kv head's 3.
+TEST(KvReplication, QHeadsAHolderCountDoesNotDivideAreCutInWholeHeads) {
+  const auto plan = autotp::inspect(fixture("qwen2_kv2x3"), 4);
+  const auto p = by_name(plan);
+  const auto& q = p.at("model.layers.0.self_attn.q_proj.weight");
+  EXPECT_EQ(q.units, (std::vector<int64_t>{2, 1, 2, 1}));
+  EXPECT_EQ(q.replicas, 1);
+  const std::vector<int64_t> rows{16, 8, 16, 8};
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(autotp::local_shape(q, 4, r), (std::vector<int64_t>{rows[r], 48}));
+    EXPECT_EQ(autotp::local_shape(p.at("model.layers.0.self_attn.q_proj.bias"), 4, r), (std::vector<int64_t>{rows[r]}));
+    EXPECT_EQ(autotp::local_shape(p.at("model.layers.0.self_attn.o_proj.weight"), 4, r), (std::vector<int64_t>{48, rows[r]}));
+    EXPECT_EQ(autotp::local_shape(p.at("model.layers.0.self_attn.k_proj.weight"), 4, r), (std::vector<int64_t>{8, 48}));
+    EXPECT_EQ(autotp::local_shape(p.at("model.layers.0.self_attn.v_proj.bias"), 4, r), (std::vector<int64_t>{8}));
+  }
+  // Rank 1 holds q rows 16..23 (kv head 0's third q head), rank 2 rows 24..39.
+  const at::Tensor full = at::arange(48, at::kFloat).unsqueeze(1).expand({48, 48}).contiguous();
+  EXPECT_EQ(autotp::shard_of(full, q, 4, 1)[0][0].item<float>(), 16);
+  EXPECT_EQ(autotp::shard_of(full, q, 4, 2)[0][0].item<float>(), 24);
+  EXPECT_TRUE(at::equal(autotp::assemble({autotp::shard_of(full, q, 4, 0), autotp::shard_of(full, q, 4, 1),
+                                          autotp::shard_of(full, q, 4, 2), autotp::shard_of(full, q, 4, 3)}, q), full));
+  ASSERT_EQ(plan.sites.kv_slices.size(), 4u);
+  for (const auto& s : plan.sites.kv_slices) {
+    EXPECT_EQ(s.extent, 6);
+    EXPECT_EQ(s.units, (std::vector<int64_t>{2, 1, 2, 1}));
+  }
+  verified("qwen2_kv2x3", 4);
 }

@@ -204,9 +204,10 @@ TEST(Plan, HfConfigCountEqualsTheAnalysisOfSmolLM2) {
   EXPECT_EQ(config.parameters, 134515008);  // SmolLM2-135M
   EXPECT_EQ(archive.parameters, config.parameters);
   EXPECT_EQ(archive.valid_tp, config.valid_tp);
-  // 9 heads, 3 kv heads, 1536: 2 cuts the kv groups 2+1; from 4 on attention would stay whole.
-  EXPECT_EQ(config.valid_tp, (std::vector<int>{1, 2, 3}));
-  for (int t : {1, 2, 3}) EXPECT_EQ(archive.parameters_per_rank(t), config.parameters_per_rank(t)) << "tp " << t;
+  // 9 heads, 3 kv heads, 1536: 2 cuts the kv groups 2+1; 6 holds each kv head on 2 ranks (q heads
+  // 2+1 of each group); 4, 5, 7 and 8 would keep attention whole.
+  EXPECT_EQ(config.valid_tp, (std::vector<int>{1, 2, 3, 6}));
+  for (int t : {1, 2, 3, 6}) EXPECT_EQ(archive.parameters_per_rank(t), config.parameters_per_rank(t)) << "tp " << t;
   EXPECT_EQ(archive.hidden, 576);
   EXPECT_EQ(archive.layers, 30);
   EXPECT_EQ(archive.heads, 9);
@@ -227,7 +228,7 @@ TEST(Plan, OnlyTpThatDivideTheNodeAndTheModel) {
     return out;
   };
   EXPECT_EQ(tps(8), (std::set<int>{1, 2}));     // 3 does not divide 8: a TP group would straddle nodes
-  EXPECT_EQ(tps(6), (std::set<int>{1, 2, 3}));  // 2 cuts the 3 kv groups 2+1; 6 would keep attention whole
+  EXPECT_EQ(tps(6), (std::set<int>{1, 2, 3, 6}));  // 2 cuts the 3 kv groups 2+1; 6 holds each kv head on 2 ranks
   EXPECT_EQ(tps(9), (std::set<int>{1, 3}));     // 9 is more than the 3 kv groups
 }
 

@@ -462,11 +462,13 @@ void expect_trains_like_one_process(const std::string& model, const std::vector<
 
 TEST(Train, UnevenKvGroupsAndFeatureBlocksTrainLikeOneProcess) { expect_trains_like_one_process("llama_gqa", {3}, 1e-4); }
 // kv heads on several ranks (issue 13 item 2): mistral's 2 kv heads on 2 ranks each at tp 4,
-// llama_gqa's 4 on 2 ranks each at tp 8. The gradient norm (within 1e-4 of one process) counts
-// each held kv head once: ZeRO's norm weights it 1 / holders.
+// llama_gqa's 4 on 2 ranks each at tp 8, qwen2_kv2x3's 2 on 2 ranks each at tp 4 with its 3 q heads
+// per kv head cut 2+1. The gradient norm (within 1e-4 of one process) counts each held kv head
+// once: ZeRO's norm weights it 1 / holders.
 TEST(Train, KvHeadsOnSeveralRanksTrainLikeOneProcess) {
   expect_trains_like_one_process("mistral", {4}, 1e-4);
   expect_trains_like_one_process("llama_gqa", {8}, 1e-4);
+  expect_trains_like_one_process("qwen2_kv2x3", {4}, 1e-4);
 }
 // --sdpa (passes/sdpa.cpp): the ranks train with scaled_dot_product_attention(is_causal=True) where
 // the traced eager attention was; the reference keeps the eager attention.

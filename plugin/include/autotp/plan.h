@@ -85,9 +85,12 @@ struct GraphSites {
     int64_t replicas = 1;  // a size on the kv side with kv heads on several ranks: from / (tp / replicas)
   };
   // Where kv heads held by `replicas` ranks become q heads by repetition: this rank keeps its share
-  // of output `output` of node on dim: extent / tp entries from (rank % replicas) × extent / tp.
+  // of output `output` of node on dim: extent / tp entries from (rank % replicas) × extent / tp (or by units).
   struct KvSlice {
     int64_t node = 0, output = 0, dim = 0, extent = 0, replicas = 1;
+    // q heads per rank where tp does not divide them (sum: the q heads); rank r keeps its own after
+    // those of the holders before it. Empty: extent / tp each.
+    std::vector<int64_t> units;
   };
   std::string fingerprint;
   std::vector<Copy> copies;
