@@ -76,6 +76,11 @@ struct TrainConfig {
   std::optional<SchedulerConfig> scheduler;  // none: constant optimizer.lr
   bool bf16 = false;           // bf16.enabled; false = fp32
   int zero_stage = 0;          // zero_optimization.stage: 0 or 1 (2 and 3 are refused)
+  // zero_optimization.overlap_comm: the DP gradient reduction runs in buckets of reduce_bucket_size
+  // elements during the last micro-batch's backward; the parameter all-gather after the step in
+  // buckets of allgather_bucket_size. DeepSpeed's defaults (off, 5e8, 5e8).
+  bool overlap_comm = false;
+  int64_t reduce_bucket_size = 500'000'000, allgather_bucket_size = 500'000'000;
   double gradient_clipping = 1.0;  // max global grad norm; 0 = off (DeepSpeed's default is 1.0 since 0.19.3)
   int64_t steps_per_print = 10;
   int64_t seed = 42;           // autotp's key; DeepSpeed ignores unknown top-level keys

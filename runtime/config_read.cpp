@@ -279,13 +279,22 @@ const Section& zero_section() {
                           ctx.raw.stage.reset();
                         }
                       }});
-    for (const char* k : {"contiguous_gradients", "reduce_scatter", "allgather_partitions", "overlap_comm",
+    z.keys.push_back({"overlap_comm", [](Ctx& ctx, const Json& v, const std::string& path) {
+                        if (is_auto(v)) return;
+                        if (auto b = read_bool(ctx, v, path, "")) ctx.cfg.overlap_comm = *b;
+                      }});
+    for (const char* k : {"reduce_bucket_size", "allgather_bucket_size"})
+      z.keys.push_back({k, [k](Ctx& ctx, const Json& v, const std::string& path) {
+                          if (is_auto(v)) return;  // the Trainer fills hidden²; DeepSpeed's 5e8 stays
+                          if (auto n = read_int(ctx, v, path, 1, "")) (std::string(k) == "reduce_bucket_size" ? ctx.cfg.reduce_bucket_size : ctx.cfg.allgather_bucket_size) = *n;
+                        }});
+    for (const char* k : {"contiguous_gradients", "reduce_scatter", "allgather_partitions",
                           "use_multi_rank_bucket_allreduce", "load_from_fp32_weights", "round_robin_gradients",
                           "ignore_unused_parameters", "elastic_checkpoint",
                           "stage3_gather_16bit_weights_on_model_save", "stage3_use_all_reduce_for_fetch_params",
                           "stage3_allgather_sequential"})
       z.keys.push_back({k, no_effect(Kind::Bool)});
-    for (const char* k : {"reduce_bucket_size", "allgather_bucket_size", "sub_group_size",
+    for (const char* k : {"sub_group_size",
                           "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
                           "stage3_model_persistence_threshold", "stage3_max_live_parameters",
                           "stage3_max_reuse_distance", "stage3_module_granularity_threshold"})

@@ -52,7 +52,8 @@ std::string TrainConfig::to_json() const {
     j["scheduler"] = {{"type", scheduler_type_name(s.type)}, {"params", p}};
   }
   j["bf16"] = {{"enabled", bf16}};
-  j["zero_optimization"] = {{"stage", zero_stage}};
+  j["zero_optimization"] = {{"stage", zero_stage}, {"overlap_comm", overlap_comm}, {"reduce_bucket_size", reduce_bucket_size},
+                            {"allgather_bucket_size", allgather_bucket_size}};
   j["tensor_parallel"] = {{"autotp_size", tp}};
   j["gradient_clipping"] = gradient_clipping;
   j["steps_per_print"] = steps_per_print;

@@ -178,6 +178,26 @@ void Group::reduce_scatter_flat(at::Tensor& out, const at::Tensor& in, const std
   count("reduce_scatter", site, payload_bytes(src));
 }
 
+c10::intrusive_ptr<c10d::Work> Group::reduce_async(at::Tensor& t, int root, const std::string& site) {
+  if (size() == 1) return {};
+  TORCH_CHECK(t.is_contiguous(), "autotp: reduce_async needs a contiguous tensor");
+  std::vector<at::Tensor> ts{t};
+  c10d::ReduceOptions o;
+  o.rootRank = root;
+  auto work = backend_->reduce(ts, o);
+  count("reduce", site, payload_bytes(t));
+  return work;
+}
+
+c10::intrusive_ptr<c10d::Work> Group::all_reduce_async(at::Tensor& t, const std::string& site) {
+  if (size() == 1) return {};
+  TORCH_CHECK(t.is_contiguous(), "autotp: all_reduce_async needs a contiguous tensor");
+  std::vector<at::Tensor> ts{t};
+  auto work = backend_->allreduce(ts, c10d::AllreduceOptions{});
+  count("all_reduce", site, payload_bytes(t));
+  return work;
+}
+
 void Group::broadcast(at::Tensor& t, int root, const std::string& site) {
   if (size() == 1) return;
   at::Tensor work = staged(t);

@@ -260,7 +260,8 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
   const std::vector<TrainableParam> params = trainable_params(model, cfg.decay_norms_and_biases);
   std::vector<at::Tensor> weights;  // for the activation peak: their gradients are model states
   for (const auto& p : params) weights.push_back(p.param);
-  ZeroOneOptimizer opt(params, mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage, cfg.gradient_clipping);
+  ZeroOneOptimizer opt(params, mesh.find("dp"), mesh.find("tp"), cfg.optimizer, cfg.zero_stage, cfg.gradient_clipping,
+                       CommOptions{cfg.overlap_comm, cfg.reduce_bucket_size, cfg.allgather_bucket_size});
 
   int64_t start = 0;
   if (from) {
@@ -380,6 +381,7 @@ std::vector<StepMetrics> train(const TrainOptions& options, Mesh& mesh) {
         at::Tensor logits = logits_of(model.forward({b.input}));
         at::Tensor loss = vocab_parallel_cross_entropy(logits, b.labels, kIgnoreLabel, "tp", mesh.tp()).sum() * scale;
         die_here_if_asked("step", mesh.rank(), step + 1);
+        if (k == ga - 1) opt.last_micro_batch();  // overlap_comm: its DP reduction runs in this backward
         torch::autograd::backward({loss});
         if (meter) activation_peak = std::max(activation_peak, meter->peak_without_grads(weights));
         opt.accumulate();

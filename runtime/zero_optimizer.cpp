@@ -13,9 +13,9 @@ namespace autotp {
 
 ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shared_ptr<Group> dp,
                                    std::shared_ptr<Group> tp, const OptimizerConfig& options, int zero_stage,
-                                   double gradient_clipping)
+                                   double gradient_clipping, CommOptions comm)
     : params_(std::move(params)), dp_(std::move(dp)), tp_(std::move(tp)), opt_(options), stage_(zero_stage),
-      clip_(gradient_clipping) {
+      clip_(gradient_clipping), comm_(comm) {
   if (stage_ != 0 && stage_ != 1)
     throw Error("zero_optimization.stage " + std::to_string(stage_) +
                 ": autotp runs stage 0 (no partitioning) or 1 (optimizer state partitioned over data-parallel "
@@ -53,6 +53,90 @@ ZeroOneOptimizer::ZeroOneOptimizer(std::vector<TrainableParam> params, std::shar
   }
   exp_avg_ = at::zeros({partition_}, f32);
   exp_avg_sq_ = at::zeros({partition_}, f32);
+
+  // Overlap: buckets of the padded flat vector, cut at every partition boundary (stage 1) and every
+  // reduce_bucket elements, in launch order (backwards); a hook per parameter.
+  if (!comm_.overlap || dp_->size() == 1 || params_.empty()) return;
+  const int64_t step = std::max<int64_t>(1, comm_.reduce_bucket), part = stage_ == 1 ? partition_ : padded_;
+  for (int64_t p0 = 0; p0 < padded_; p0 += part)
+    for (int64_t b = p0; b < std::min(p0 + part, padded_); b += step)
+      buckets_.push_back({b, std::min({b + step, p0 + part, padded_}), static_cast<int>(p0 / part), 0});
+  std::reverse(buckets_.begin(), buckets_.end());
+  buckets_of_.resize(params_.size());
+  for (size_t k = 0; k < buckets_.size(); ++k)
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const int64_t lo = offsets_[i], hi = lo + params_[i].param.numel();
+      if (lo < buckets_[k].end && buckets_[k].begin < hi) {
+        buckets_of_[i].push_back(k);
+        ++buckets_[k].params;
+      }
+    }
+  for (size_t i = 0; i < params_.size(); ++i)
+    hooks_.push_back(params_[i].param.register_hook([this, i](const at::Tensor& g) { on_grad(i, g); }));
+}
+
+ZeroOneOptimizer::~ZeroOneOptimizer() {
+  for (size_t i = 0; i < hooks_.size(); ++i) params_[i].param.remove_hook(hooks_[i]);
+  for (auto& w : works_)
+    if (w) w->wait();  // never leave a collective writing into a freed buffer
+}
+
+void ZeroOneOptimizer::last_micro_batch() {
+  if (buckets_.empty()) return;
+  armed_ = true;
+  gbuf_ = at::zeros({padded_}, at::TensorOptions().dtype(at::kFloat).device(device_));
+  pending_.clear();
+  for (const auto& b : buckets_) pending_.push_back(b.params);
+  arrived_.assign(params_.size(), false);
+  next_launch_ = 0;
+  works_.clear();
+  launch_ready();  // a bucket of padding alone is ready now
+}
+
+void ZeroOneOptimizer::on_grad(size_t i, const at::Tensor& g) {
+  if (!armed_ || arrived_[i]) return;
+  at::NoGradGuard no_grad;
+  arrive(i, &g);
+  launch_ready();
+}
+
+// The parameter's final gradient for this step into the buffer: what earlier micro-batches left
+// (the fp32 accumulation of low-precision weights, or .grad) plus this backward's, summed in fp32
+// exactly as accumulate() and autograd's accumulation would.
+void ZeroOneOptimizer::arrive(size_t i, const at::Tensor* g) {
+  const int64_t n = params_[i].param.numel();
+  at::Tensor dst = gbuf_.narrow(0, offsets_[i], n);
+  const at::Tensor& before = params_[i].param.grad();
+  if (grad_acc_.defined()) dst.copy_(grad_acc_.narrow(0, offsets_[i], n));
+  else if (before.defined()) dst.copy_(before.reshape({-1}));
+  if (g) {
+    if (grad_acc_.defined() || before.defined()) dst.add_(g->reshape({-1}));
+    else dst.copy_(g->reshape({-1}));
+  }
+  arrived_[i] = true;
+  for (size_t k : buckets_of_[i]) --pending_[k];
+}
+
+void ZeroOneOptimizer::launch_ready() {
+  while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) {
+    const Bucket& b = buckets_[next_launch_++];
+    at::Tensor slice = gbuf_.narrow(0, b.begin, b.end - b.begin);
+    works_.push_back(stage_ == 1 ? dp_->reduce_async(slice, b.root, "zero1.reduce_grads")
+                                 : dp_->all_reduce_async(slice, "zero0.all_reduce_grads"));
+  }
+}
+
+void ZeroOneOptimizer::copy_flat_to_params(int64_t lo, const at::Tensor& src) {
+  const int64_t hi = lo + src.numel();
+  auto first = std::upper_bound(offsets_.begin(), offsets_.end(), lo);
+  for (size_t i = static_cast<size_t>(std::max<std::ptrdiff_t>(0, first - offsets_.begin() - 1)); i < params_.size(); ++i) {
+    const int64_t plo = offsets_[i], phi = plo + params_[i].param.numel();
+    if (plo >= hi) break;
+    const int64_t b = std::max(lo, plo), e = std::min(hi, phi);
+    at::Tensor& p = params_[i].param;
+    if (b == plo && e == phi) p.copy_(src.narrow(0, b - lo, e - b).view(p.sizes()));  // whole: any strides
+    else if (b < e) p.view({-1}).narrow(0, b - plo, e - b).copy_(src.narrow(0, b - lo, e - b));  // a chunk's part: contiguous
+  }
 }
 
 bool ZeroOneOptimizer::low_precision() const {
@@ -62,6 +146,7 @@ bool ZeroOneOptimizer::low_precision() const {
 }
 
 void ZeroOneOptimizer::accumulate() {
+  if (armed_) return;  // the hooks took the last micro-batch's gradients
   if (!low_precision()) return;  // fp32 gradients accumulate in .grad already, in fp32
   at::NoGradGuard no_grad;
   if (!grad_acc_.defined()) {
@@ -91,16 +176,30 @@ StepStats ZeroOneOptimizer::step(double lr) {
   const double dp_size = static_cast<double>(dp_->size());
 
   // 1. mean gradient of the owned partition
-  accumulate();  // a low-precision micro-batch the caller did not hand over yet
-  at::Tensor all = grad_acc_.defined() ? grad_acc_ : flat_grads();
-  grad_acc_ = at::Tensor();
   at::Tensor grad;
-  if (stage_ == 1) {
-    grad = at::empty({partition_}, all.options());
-    dp_->reduce_scatter_flat(grad, all, "zero1.reduce_scatter_grads");
+  launched_in_backward_ = armed_ ? static_cast<int64_t>(next_launch_) : 0;
+  if (armed_) {  // overlapped: what never arrived (parameters this forward did not use), then wait
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (!arrived_[i]) arrive(i, nullptr);
+    launch_ready();
+    for (auto& w : works_)
+      if (w) w->wait();
+    works_.clear();
+    armed_ = false;
+    grad_acc_ = at::Tensor();
+    grad = stage_ == 1 ? gbuf_.narrow(0, begin_, partition_) : gbuf_;
+    gbuf_ = at::Tensor();
   } else {
-    dp_->all_reduce(all, c10d::ReduceOp::SUM, "zero0.all_reduce_grads");
-    grad = all;
+    accumulate();  // a low-precision micro-batch the caller did not hand over yet
+    at::Tensor all = grad_acc_.defined() ? grad_acc_ : flat_grads();
+    grad_acc_ = at::Tensor();
+    if (stage_ == 1) {
+      grad = at::empty({partition_}, all.options());
+      dp_->reduce_scatter_flat(grad, all, "zero1.reduce_scatter_grads");
+    } else {
+      dp_->all_reduce(all, c10d::ReduceOp::SUM, "zero0.all_reduce_grads");
+      grad = all;
+    }
   }
 #if AUTOTP_MUTANT != 4  // mutant (make mutants): the sum over DP is not divided into a mean
   grad.div_(dp_size);
@@ -145,17 +244,18 @@ StepStats ZeroOneOptimizer::step(double lr) {
   at::Tensor denom = (exp_avg_sq_.sqrt() / std::sqrt(bc2)).add_(opt_.eps);
   master_.addcdiv_(exp_avg_, denom, -lr / bc1);
 
-  // 5. every rank's model gets every updated partition
-  at::Tensor full;
-  if (stage_ == 1) {
-    full = at::empty({padded_}, master_.options());
-    dp_->all_gather_flat(full, master_, "zero1.all_gather_params");
-  } else {
-    full = master_;
-  }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i].param;
-    p.copy_(full.narrow(0, offsets_[i], p.numel()).view(p.sizes()));
+  // 5. every rank's model gets every updated partition: chunk k of every partition per all-gather
+  const int64_t dp_ranks = dp_->size();
+  const int64_t chunk = stage_ == 1 ? std::min(partition_, std::max<int64_t>(1, comm_.allgather_bucket / dp_ranks)) : partition_;
+  for (int64_t k = 0; k < partition_; k += chunk) {
+    const int64_t len = std::min(chunk, partition_ - k);
+    at::Tensor gathered = master_.narrow(0, k, len);
+    if (stage_ == 1) {
+      gathered = at::empty({dp_ranks * len}, master_.options());
+      dp_->all_gather_flat(gathered, master_.narrow(0, k, len), "zero1.all_gather_params");
+    }
+    for (int64_t j = 0; j < (stage_ == 1 ? dp_ranks : 1); ++j)
+      copy_flat_to_params(j * partition_ + k, gathered.narrow(0, j * len, len));
   }
   return stats;
 }

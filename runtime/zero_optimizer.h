@@ -15,6 +15,15 @@
 //   4. update the owned partition exactly as torch::optim::AdamW (decoupled decay) or Adam (L2),
 //      weight decay only where TrainableParam::decay (not norms and biases, as transformers' Trainer);
 //   5. all-gather the updated partitions over dp and copy them into the model (cast to its dtype).
+// Overlap (zero_optimization.overlap_comm, CommOptions): step 1 runs during the last micro-batch's
+// backward instead. The flat vector is cut in buckets of at most reduce_bucket elements that never
+// straddle a partition; a hook on every parameter writes its final gradient (earlier micro-batches'
+// sum + this one) into an fp32 buffer, and a bucket whose parameters have all arrived is reduced to
+// the rank that owns its partition (stage 0: all-reduced), asynchronously, in a fixed order (the
+// flat vector backwards: backward produces the last layers' gradients first) so that every DP rank
+// issues the same collectives. step() reduces what never arrived (unused parameters: zeros) and
+// waits. The contiguous partitions are unchanged (checkpoints too); the bytes are the same as one
+// reduce-scatter, in more calls. Step 5's all-gather goes in chunks of allgather_bucket elements.
 // Low-precision (bf16) weights: accumulate() after each micro-batch's backward moves their gradients
 // into one fp32 buffer (4·Ψ_rank bytes), so accumulation over micro-batches rounds in fp32, not bf16.
 // Checkpoints: state() is this rank's partition; load_state() takes pieces of the whole flat vector
@@ -62,6 +71,13 @@ struct OptimizerBytes {
   int64_t grads = 0;      // bytes of the model's gradient tensors on this rank
 };
 
+// zero_optimization.overlap_comm / reduce_bucket_size / allgather_bucket_size (elements).
+struct CommOptions {
+  bool overlap = false;
+  int64_t reduce_bucket = 500'000'000;
+  int64_t allgather_bucket = 500'000'000;
+};
+
 struct StepStats {
   double grad_norm = 0;  // global, before clipping
   double clip_coef = 1;
@@ -70,7 +86,17 @@ struct StepStats {
 class ZeroOneOptimizer {
  public:
   ZeroOneOptimizer(std::vector<TrainableParam> params, std::shared_ptr<Group> dp, std::shared_ptr<Group> tp,
-                   const OptimizerConfig& options, int zero_stage, double gradient_clipping);
+                   const OptimizerConfig& options, int zero_stage, double gradient_clipping, CommOptions comm = {});
+  ~ZeroOneOptimizer();
+  ZeroOneOptimizer(const ZeroOneOptimizer&) = delete;  // its gradient hooks point at it
+  ZeroOneOptimizer& operator=(const ZeroOneOptimizer&) = delete;
+
+  // Before the last micro-batch's backward of a step: with overlap (and dp > 1) each bucket's
+  // reduction starts in that backward as soon as its gradients are in. No-op otherwise.
+  void last_micro_batch();
+  // Buckets whose reduction started during the last backward (before step()): what overlapped.
+  int64_t buckets_launched_in_backward() const { return launched_in_backward_; }
+  int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
 
   // After each micro-batch's backward (every micro-batch, before step()).
   void accumulate();
@@ -91,6 +117,15 @@ class ZeroOneOptimizer {
  private:
   at::Tensor flat_grads() const;
   bool low_precision() const;
+  struct Bucket {
+    int64_t begin = 0, end = 0;  // [begin, end) of the padded flat vector
+    int root = 0;                // the DP rank owning that partition
+    int params = 0;              // parameters overlapping it
+  };
+  void on_grad(size_t i, const at::Tensor& g);  // a parameter's gradient of the armed backward
+  void arrive(size_t i, const at::Tensor* g);   // into the buffer (g: this backward's; null: none)
+  void launch_ready();
+  void copy_flat_to_params(int64_t lo, const at::Tensor& src);  // [lo, lo + src.numel()) into the model
 
   std::vector<TrainableParam> params_;
   std::vector<int64_t> offsets_;
@@ -103,6 +138,17 @@ class ZeroOneOptimizer {
   at::Tensor master_, exp_avg_, exp_avg_sq_, norm_weight_, decay_mask_;
   at::Tensor grad_acc_;  // fp32 gradient accumulation for low-precision weights (else undefined)
   int64_t step_ = 0;
+  CommOptions comm_;
+  std::vector<Bucket> buckets_;                 // in launch order: descending begin
+  std::vector<std::vector<size_t>> buckets_of_;  // per parameter
+  std::vector<unsigned> hooks_;
+  bool armed_ = false;
+  at::Tensor gbuf_;                             // the armed step's fp32 gradients [padded]
+  std::vector<int> pending_;                    // per bucket: parameters not arrived yet
+  std::vector<bool> arrived_;
+  size_t next_launch_ = 0;
+  int64_t launched_in_backward_ = 0;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works_;
 };
 
 }  // namespace autotp

@@ -296,14 +296,18 @@ double worst_loss_difference(const std::vector<nlohmann::json>& rows, const Refe
 
 struct Mesh2 {
   int tp, dp;
+  bool overlap = false;  // zero_optimization.overlap_comm, in buckets of 2000 (reduce) and 5000 (all-gather) elements
 };
-void PrintTo(const Mesh2& m, std::ostream* os) { *os << "tp=" << m.tp << " dp=" << m.dp; }
+void PrintTo(const Mesh2& m, std::ostream* os) { *os << "tp=" << m.tp << " dp=" << m.dp << (m.overlap ? " overlap_comm" : ""); }
 
 class TrainMatchesReference : public testing::TestWithParam<Mesh2> {};
 
 TEST_P(TrainMatchesReference, LossEveryStepStateBytesAndDpTraffic) {
-  const auto [tp, dp] = GetParam();
+  const auto [tp, dp, overlap] = GetParam();
   Workspace w = workspace(tp, dp);
+  if (overlap)
+    std::ofstream(w.config) << std::regex_replace(config_text(tp), std::regex(R"("zero_optimization": \{"stage": 1\})"),
+                                                  R"("zero_optimization": {"stage": 1, "overlap_comm": true, "reduce_bucket_size": 2000, "allgather_bucket_size": 5000})");
   const std::string metrics = w.dir + "/metrics.jsonl";
   auto r = torchrun_train(tp * dp, "--config " + w.config + " --model " + fixture(kModel) + " --data " + w.data + " --steps " +
                                        std::to_string(kSteps) + " --seq " + std::to_string(kSeq) + " --metrics " + metrics);
@@ -334,16 +338,21 @@ TEST_P(TrainMatchesReference, LossEveryStepStateBytesAndDpTraffic) {
   EXPECT_EQ(rows.back().at("param_bytes").get<int64_t>(), 4 * psi);
 
   // DP traffic per step: reduce-scatter of the padded fp32 gradients (dp·partition elements), all-gather
-  // of the updated partition, one double for the gradient norm and one for the reported loss.
+  // of the updated partition, one double for the gradient norm and one for the reported loss. With
+  // overlap_comm the gradients go as per-bucket reduces during backward: the same bytes, more calls.
   const int64_t per_step = dp == 1 ? 0 : 4 * dp * partition + 4 * partition + 8 + 8;
   EXPECT_EQ(rows.back().at("collectives").at("dp").at("bytes").get<int64_t>(), kSteps * per_step);
+  if (overlap) {  // at least one bucket per partition, one all-gather per 5000 / dp elements of a partition
+    const int64_t calls = rows.back().at("collectives").at("dp").at("calls").get<int64_t>();
+    EXPECT_GE(calls, kSteps * (dp * ((partition + 1999) / 2000) + (partition + 5000 / dp - 1) / (5000 / dp) + 2));
+  }
   std::filesystem::remove_all(w.dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Meshes, TrainMatchesReference,
-                         testing::Values(Mesh2{1, 1}, Mesh2{2, 1}, Mesh2{1, 2}, Mesh2{2, 2}, Mesh2{4, 1}),
+                         testing::Values(Mesh2{1, 1}, Mesh2{2, 1}, Mesh2{1, 2}, Mesh2{2, 2}, Mesh2{4, 1}, Mesh2{2, 2, true}),
                          [](const testing::TestParamInfo<Mesh2>& i) {
-                           return "tp" + std::to_string(i.param.tp) + "_dp" + std::to_string(i.param.dp);
+                           return "tp" + std::to_string(i.param.tp) + "_dp" + std::to_string(i.param.dp) + (i.param.overlap ? "_overlap" : "");
                          });
 
 // Qwen3 (a norm over head_dim on the split q/k heads): its q_norm/k_norm weights are replicated

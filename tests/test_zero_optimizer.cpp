@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
@@ -132,4 +133,100 @@ TEST(ZeroOptimizer, LoadStateContinuesBitForBit) {
                autotp::Error);
 }
 
+// ---- overlap_comm: the DP reduction in buckets during the last backward ----------------------------
+
+// One DP rank's run of a toy model: parameters of 5, 7, 3, 11 and 2 elements (28; dp 3 pads to 30,
+// partitions of 10). `unused` (first in the flat vector) gets no gradient; `tied` is read twice. The
+// loss Σ_i Σ w_i·x_i gives gradients x_i exactly: x = (rank + 1)·(micro-batch + 1)·2^-4 per element,
+// small dyadic numbers whose sums are exact in any order, so the overlapped and the one-shot
+// reduction must agree bit for bit.
+struct ToyRun {
+  std::vector<at::Tensor> weights;
+  std::vector<double> norms;
+  autotp::CollectiveCount reduces, reduce_scatters, gathers;
+  int64_t buckets = 0, launched_in_backward = 0;
+};
+
+ToyRun toy_run(int rank, int dp, const c10::intrusive_ptr<c10d::Store>& store, autotp::CommOptions comm, at::ScalarType dtype) {
+  autotp::MeshOptions mo;
+  mo.tp = 1;
+  auto mesh = autotp::Mesh::create(store, rank, dp, mo);
+  std::vector<at::Tensor> w;
+  for (int64_t n : {5, 7, 3, 11, 2}) w.push_back(at::ones({n}, dtype).set_requires_grad(true));
+  autotp::OptimizerConfig oc;
+  oc.lr = 1e-2;
+  std::vector<autotp::TrainableParam> params;
+  for (size_t i = 0; i < w.size(); ++i) params.push_back({"w" + std::to_string(i), w[i], false});
+  autotp::ZeroOneOptimizer opt(params, mesh->find("dp"), mesh->find("tp"), oc, 1, /*clip=*/0.0, comm);
+  ToyRun out;
+  for (int step = 0; step < 3; ++step) {
+    for (int micro = 0; micro < 2; ++micro) {
+      const double x = (rank + 1) * (micro + 1) / 16.0;
+      at::Tensor loss = at::zeros({}, at::kFloat);
+      for (size_t i = 1; i < w.size(); ++i) loss = loss + (w[i].to(at::kFloat) * x).sum();
+      loss = loss + (w[2].to(at::kFloat) * x).sum();  // read twice: its hook sees the sum once
+      if (micro == 1) opt.last_micro_batch();
+      loss.backward();
+      opt.accumulate();
+    }
+    out.norms.push_back(opt.step(1e-2).grad_norm);
+    opt.zero_grad();
+  }
+  for (auto& t : w) out.weights.push_back(t.detach().to(at::kFloat).clone());
+  auto kinds = mesh->dp_group().by_kind();
+  out.reduces = kinds["reduce"];
+  out.reduce_scatters = kinds["reduce_scatter"];
+  out.gathers = kinds["all_gather"];
+  out.buckets = opt.buckets();
+  out.launched_in_backward = opt.buckets_launched_in_backward();
+  return out;
+}
+
+std::vector<ToyRun> toy_ranks(int dp, autotp::CommOptions comm, at::ScalarType dtype) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  std::vector<ToyRun> runs(static_cast<size_t>(dp));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < dp; ++r) threads.emplace_back([&, r] { runs[static_cast<size_t>(r)] = toy_run(r, dp, store, comm, dtype); });
+  for (auto& t : threads) t.join();
+  return runs;
+}
+
+TEST(ZeroOptimizer, OverlappedBucketsReduceExactlyWhatTheOneShotReduceScatterDoes) {
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+    for (int dp : {2, 3}) {
+      SCOPED_TRACE(std::string(dtype == at::kFloat ? "fp32" : "bf16") + " dp " + std::to_string(dp));
+      autotp::CommOptions overlap{true, 4, 6};
+      const auto one = toy_ranks(dp, {}, dtype), lap = toy_ranks(dp, overlap, dtype);
+      // The gradient of every used element, averaged over dp: Σ_r Σ_m (r+1)(m+1)/16 / dp, twice for
+      // the tied parameter; the global norm (no clipping) sums its square over the used elements.
+      const double g = 3.0 * dp * (dp + 1) / 2 / 16.0 / dp;
+      const double norm = std::sqrt(g * g * (7 + 11 + 2) + 4 * g * g * 3);
+      for (int r = 0; r < dp; ++r) {
+        const auto& a = one[static_cast<size_t>(r)];
+        const auto& b = lap[static_cast<size_t>(r)];
+        for (size_t i = 0; i < a.weights.size(); ++i) EXPECT_TRUE(at::equal(a.weights[i], b.weights[i])) << "rank " << r << " w" << i;
+        EXPECT_TRUE(at::equal(b.weights[0], at::ones({5}))) << "no gradient, no weight decay: untouched";
+        for (size_t s = 0; s < 3; ++s) {
+          EXPECT_DOUBLE_EQ(a.norms[s], norm);
+          EXPECT_DOUBLE_EQ(b.norms[s], norm);
+        }
+        // Buckets of at most 4 elements that never straddle a partition: dp 2 partitions of 14 in
+        // 4+4+4+2 → 8 buckets; dp 3 partitions of 10 in 4+4+2 → 9. Per step one reduce each, the same
+        // bytes as the one reduce-scatter of the padded vector; the all-gather in chunks of 6 / dp.
+        const int64_t padded = dp == 2 ? 28 : 30, partition = padded / dp, buckets = dp == 2 ? 8 : 9;
+        EXPECT_EQ(b.buckets, buckets);
+        EXPECT_EQ(a.reduce_scatters, (autotp::CollectiveCount{3, 3 * padded * 4}));
+        EXPECT_EQ(b.reduces, (autotp::CollectiveCount{3 * buckets, 3 * padded * 4}));
+        EXPECT_EQ(b.reduce_scatters.calls, 0);
+        const int64_t chunk = 6 / dp;
+        EXPECT_EQ(b.gathers, (autotp::CollectiveCount{3 * ((partition + chunk - 1) / chunk), 3 * partition * 4}));
+        EXPECT_EQ(a.gathers, (autotp::CollectiveCount{3, 3 * partition * 4}));
+        // What overlapped: every bucket but those holding the unused first parameter (elements 0-4,
+        // the last in launch order, which step() completes) started during the backward.
+        EXPECT_EQ(b.launched_in_backward, buckets - 2) << "buckets [0, 4) and [4, 8) wait for w0";
+      }
+    }
+}
+
 }  // namespace
+

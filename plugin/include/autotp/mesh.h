@@ -55,6 +55,12 @@ class Group {
   // Flat buffers: in (size × out.numel()) is summed over members; member r keeps chunk r in out.
   void reduce_scatter_flat(at::Tensor& out, const at::Tensor& in, const std::string& site);
   void broadcast(at::Tensor& t, int root, const std::string& site);
+  // Asynchronous, for overlap with backward: the sum over members lands in `t` of member `root`
+  // (reduce; the others' `t` is unspecified afterwards) or of every member (all_reduce). `t` must
+  // stay alive and untouched until wait() on the returned work; nullptr for a group of one.
+  // Counted at launch. Tensors on the group's device only (no staging).
+  c10::intrusive_ptr<c10d::Work> reduce_async(at::Tensor& t, int root, const std::string& site);
+  c10::intrusive_ptr<c10d::Work> all_reduce_async(at::Tensor& t, const std::string& site);
   void barrier();
 
   std::map<std::string, CollectiveCount> by_kind() const;  // all_reduce | all_gather | ...
