@@ -74,9 +74,16 @@ std::string human_bytes(int64_t b) {
   return o.str();
 }
 
-// Collective totals of the world, tp and dp groups.
+// Collective totals of the world, tp and dp groups; tp includes the groups of ranks holding one kv
+// head (their gradient sums are TP-side traffic).
 std::array<CollectiveCount, 3> totals(Mesh& mesh) {
-  return {mesh.world_group().total(), mesh.tp_group().total(), mesh.dp_group().total()};
+  CollectiveCount tp = mesh.tp_group().total();
+  for (const auto& g : mesh.replica_groups()) {
+    const CollectiveCount t = g->total();
+    tp.calls += t.calls;
+    tp.bytes += t.bytes;
+  }
+  return {mesh.world_group().total(), tp, mesh.dp_group().total()};
 }
 
 // Tests kill a rank at a chosen point (AUTOTP_TEST_KILL=point:rank:step, point "step" or "save"),

@@ -38,7 +38,7 @@ namespace {
 
 // Every Hugging Face traced fixture but smollm2 (its gradients alone would be 540 MB).
 const std::vector<std::string> kFixtures = {
-    "llama_mha", "llama_gqa", "llama_tied", "qwen2", "mistral", "qwen3", "qwen3_tied", "llama_vocab251",
+    "llama_mha", "llama_gqa", "llama_tied", "qwen2", "mistral", "qwen3", "qwen3_tied", "llama_vocab251", "qwen2_kv2x3",
     "zoo_llama", "zoo_mistral", "zoo_mixtral", "zoo_qwen2", "zoo_qwen3", "zoo_gemma", "zoo_gemma2", "zoo_phi",
     "zoo_phi3", "zoo_olmo2", "zoo_stablelm", "zoo_cohere", "zoo_granite", "zoo_gpt_neox", "zoo_falcon", "zoo_gpt2",
     "zoo_opt", "zoo_gptj", "zoo_codegen", "zoo_starcoder2", "zoo_gpt_bigcode", "zoo_bloom",
@@ -148,7 +148,7 @@ const std::map<std::string, int> kSdpaSites = {
     {"zoo_phi", 2},       {"zoo_phi3", 2},     {"zoo_olmo2", 2},     {"zoo_cohere", 2},    {"zoo_granite", 2},
     {"zoo_gpt_neox", 2},  {"zoo_opt", 2},      {"zoo_gptj", 2},      {"zoo_starcoder2", 2}, {"zoo_stablelm", 0},
     {"zoo_gemma2", 0},    {"zoo_falcon", 0},   {"zoo_gpt2", 0},      {"zoo_codegen", 0},   {"zoo_gpt_bigcode", 0},
-    {"zoo_bloom", 0}};
+    {"zoo_bloom", 0},     {"qwen2_kv2x3", 2}};
 
 // The archive (with its eager attention made scaled_dot_product_attention when `sdpa`), unsharded
 // and at tp=2, against transformers' eager model: logits, loss and every gradient within 1e-5.

@@ -224,3 +224,18 @@ TEST(KvReplication, QHeadsAHolderCountDoesNotDivideAreCutInWholeHeads) {
   }
   verified("qwen2_kv2x3", 4);
 }
+
+// The same cuts with the traced attention as scaled_dot_product_attention (--sdpa): the repeat
+// stays before it, the slice after the repeat; equal to the model as traced.
+TEST(KvReplication, SdpaAttentionWithKvHeadsOnSeveralRanks) {
+  for (auto [name, tp] : {std::pair<std::string, int>{"mistral", 8}, {"qwen2_kv2x3", 4}}) {
+    autotp::VerifyOptions o;
+    o.tp = tp;
+    o.sdpa = true;
+    auto rep = autotp::verify_threads(fixture(name), o);
+    EXPECT_EQ(rep.sdpa_sites, 2) << name;
+    EXPECT_LE(rep.logits_rel, 1e-5) << name;
+    EXPECT_LE(rep.loss_rel, 1e-5) << name;
+    EXPECT_LE(rep.grads_rel, 1e-5) << name << " worst: " << rep.worst_grad;
+  }
+}
