@@ -4,6 +4,7 @@
 
 #include <array>
 #include <atomic>
+#include <map>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -15,7 +16,16 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "autotp/plan.h"
+
 namespace autotp_test {
+
+// A plan's parameters by name.
+inline std::map<std::string, autotp::ParamPlan> by_name(const autotp::TpPlan& plan) {
+  std::map<std::string, autotp::ParamPlan> out;
+  for (const auto& p : plan.parameters) out[p.name] = p;
+  return out;
+}
 
 inline std::string fixture(const std::string& name) { return std::string(AUTOTP_FIXTURES_DIR) + "/" + name + ".pt"; }
 

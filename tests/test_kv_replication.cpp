@@ -23,11 +23,7 @@ using autotp_test::fixture;
 
 namespace {
 
-std::map<std::string, autotp::ParamPlan> by_name(const autotp::TpPlan& plan) {
-  std::map<std::string, autotp::ParamPlan> out;
-  for (const auto& p : plan.parameters) out[p.name] = p;
-  return out;
-}
+using autotp_test::by_name;
 
 autotp::VerifyReport verified(const std::string& name, int tp) {
   autotp::VerifyOptions o;

@@ -24,11 +24,7 @@ using autotp_test::fixture;
 
 namespace {
 
-std::map<std::string, autotp::ParamPlan> by_name(const autotp::TpPlan& plan) {
-  std::map<std::string, autotp::ParamPlan> out;
-  for (const auto& p : plan.parameters) out[p.name] = p;
-  return out;
-}
+using autotp_test::by_name;
 
 // The parameters whose name ends in `suffix`, in module order.
 std::vector<autotp::ParamPlan> ending(const autotp::TpPlan& plan, const std::string& suffix) {
