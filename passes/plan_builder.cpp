@@ -424,7 +424,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
         throw Error(mg.path + ": " + name(t) + " is split (" + decided[t].reason + ") but also read in full by " + where);
       continue;
     }
-    decided[t] = {Placement::Replicated, -1, "replicated: read by " + where, {}};
+    decided[t] = {Placement::Replicated, -1, "replicated: read by " + where, {}, {}, 1};
   }
 
   std::set<int> grad_reduced;  // replicated parameters whose gradient is partial on each rank

@@ -52,7 +52,7 @@ void linear_of(RuleContext& c, Node* n, size_t xi, size_t wi, int weight, int co
     lin.mode = Mode::Row;
     lin.fed_by.assign(px.origins.begin(), px.origins.end());
     for (int o : px.origins) s.linears[o].feeds.push_back(idx);
-    s.reduces.push_back({n, bias_input, idx});
+    s.reduces.push_back({n, bias_input, idx, 0, false, {}});
     c.set(n->output(), TensorPlacement::part(px.origins));
   } else {
     c.fail(n, "input is split on dim " + std::to_string(px.dim) + " of " + c.describe(x) +
