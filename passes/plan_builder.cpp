@@ -49,10 +49,22 @@ std::string names_of(const ModelGraph& mg, const ShardingStructure& s, const std
   return out;
 }
 
+// kv heads on several ranks: the replica count at node n (a reader of the kv side) of the family of
+// `origins`, else 1; and of column linear `linear` (a k or v projection), else 1.
+int64_t kv_replicas_at(const Families& fams, const std::vector<int>& origins, const Node* n, int tp) {
+  const Family* f = fams.of(origins);
+  return f && f->replicas(tp) > 1 && f->kv->kv_nodes.count(n) ? f->replicas(tp) : 1;
+}
+int64_t kv_replicas_of_linear(const Families& fams, int linear, int tp) {
+  const Family* f = fams.of({linear});
+  if (!f || f->replicas(tp) == 1) return 1;
+  return std::count(f->kv->kv_columns.begin(), f->kv->kv_columns.end(), linear) ? f->replicas(tp) : 1;
+}
+
 // One copy_to_tp per replicated value entering split work (the shared input of q/k/v, a norm
 // weight used on heads), one reduce_from_tp per partial result, one all-reduce per vocab-parallel
 // embedding, and the vocab-parallel cross-entropy of split logits.
-void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure& s) {
+void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure& s, const Families& fams) {
   for (const auto& c : s.copies) {
     std::vector<int> users;
     for (const auto& [n, i] : c.uses)
@@ -67,7 +79,7 @@ void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure
     std::string what = r.linear >= 0 ? mg.tensors[s.linears[r.linear].weight].name : r.node->kind().toQualString();
     plan.collectives.push_back({"reduce_from_tp", "after " + what, source_of(r.node), r.bytes});
   }
-  for (const auto& f : split_families(mg, s).list) {
+  for (const auto& f : fams.list) {
     const int64_t m = f.replicas(plan.tp);
     if (m == 1) continue;
     for (size_t k = 0; k < f.kv->params.size(); ++k) {
@@ -89,13 +101,6 @@ void add_collectives(TpPlan& plan, const ModelGraph& mg, const ShardingStructure
 }
 
 // The sites, by node number in the flat graph.
-// kv heads on several ranks: the replica count at node n (a reader of the kv side) of the family of
-// `origins`, else 1.
-int64_t kv_replicas_at(const Families& fams, const std::vector<int>& origins, const Node* n, int tp) {
-  const Family* f = fams.of(origins);
-  return f && f->replicas(tp) > 1 && f->kv->kv_nodes.count(n) ? f->replicas(tp) : 1;
-}
-
 GraphSites sites_of(const ModelGraph& mg, const ShardingStructure& s, const Families& fams, int tp) {
   auto units_of = [&](const std::vector<int>& origins) {
     const Family* f = fams.of(origins);
@@ -315,17 +320,9 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
                   (sf.per_rank.empty() ? std::to_string(f.heads / tp) + " q heads each" : "its q heads split between them") + ")";
       plan.families.push_back(std::move(sf));
     }
-  // kv heads on several ranks: the replica count of a kv-side parameter (1 for every other).
-  auto replicas_of = [&](int linear_or_minus, const Node* n, const std::vector<int>& origins) -> int64_t {
-    const Family* f = fams.of(linear_or_minus >= 0 ? std::vector<int>{linear_or_minus} : origins);
-    if (!f || f->replicas(tp) == 1) return 1;
-    if (linear_or_minus >= 0)
-      return std::count(f->kv->kv_columns.begin(), f->kv->kv_columns.end(), linear_or_minus) ? f->replicas(tp) : 1;
-    return f->kv->kv_nodes.count(n) ? f->replicas(tp) : 1;
-  };
   auto units_of_linear = [&](int linear) {
     const auto& l = s.linears[static_cast<size_t>(linear)];
-    if (l.mode == Mode::Column && replicas_of(linear, l.node, {}) > 1) return std::vector<int64_t>{};  // kv part r / replicas
+    if (l.mode == Mode::Column && kv_replicas_of_linear(fams, linear, tp) > 1) return std::vector<int64_t>{};  // kv part r / replicas
     const Family* f = fams.of(l.mode == Mode::Row ? l.fed_by : std::vector<int>{linear});
     return f ? f->per_rank(tp) : std::vector<int64_t>{};
   };
@@ -381,7 +378,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
           if (l.heads) why += " into " + std::to_string(l.heads) + " heads";
           if (!l.feeds.empty()) why += ", reaching row-parallel " + names_of(l.feeds);
           if (!segments.empty()) why += "; a fused projection: each rank holds its slice of each of " + std::to_string(segments.size()) + " segments";
-          const int64_t m = replicas_of(static_cast<int>(i), l.node, {});
+          const int64_t m = kv_replicas_of_linear(fams, static_cast<int>(i), tp);
           if (m > 1)
             why += "; kv heads held by " + std::to_string(m) + " ranks each (tp=" + std::to_string(tp) +
                    " is more than the kv heads), their gradient summed over those ranks";
@@ -390,7 +387,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
         if (l.bias >= 0)
           decide(l.bias, l.logits ? Placement::Vocab : Placement::Column, 0, "bias of column-parallel " + name(l.weight), l.node, segments,
                  l.logits ? std::vector<int64_t>{} : units_of_linear(static_cast<int>(i)),
-                 l.logits ? 1 : replicas_of(static_cast<int>(i), l.node, {}));
+                 l.logits ? 1 : kv_replicas_of_linear(fams, static_cast<int>(i), tp));
         break;
       case Mode::Row:
         for (int c : l.fed_by)
@@ -409,9 +406,10 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
   }
   for (const auto& ps : s.param_splits) {
     const Family* f = fams.of(ps.origins);
+    const int64_t m = kv_replicas_at(fams, ps.origins, ps.node, tp);
     decide(ps.tensor, Placement::Column, ps.dim,
            std::string("split with the features it scales: ") + ps.node->kind().toQualString() + " at " + source_of(ps.node), ps.node, {},
-           f && replicas_of(-1, ps.node, ps.origins) == 1 ? f->per_rank(tp) : std::vector<int64_t>{}, replicas_of(-1, ps.node, ps.origins));
+           f && m == 1 ? f->per_rank(tp) : std::vector<int64_t>{}, m);
   }
   for (const auto& c : s.copies)
     for (int t : c.params)
@@ -500,7 +498,7 @@ TpPlan make_plan(const ModelGraph& mg, const ShardingStructure& s, int tp) {
     plan.rescaled.push_back(std::move(site));
   }
 
-  add_collectives(plan, mg, s);
+  add_collectives(plan, mg, s, fams);
   plan.sites = sites_of(mg, s, fams, tp);
   return plan;
 }

@@ -298,8 +298,7 @@ std::vector<std::shared_ptr<Group>> Mesh::replica_groups() const {
 
 std::vector<std::shared_ptr<Group>> Mesh::groups() const {
   std::vector<std::shared_ptr<Group>> out{world_group_, tp_, dp_};
-  std::lock_guard<std::mutex> lock(replicas_mu_);
-  for (const auto& [m, g] : replica_groups_) out.push_back(g);
+  for (auto& g : replica_groups()) out.push_back(std::move(g));
   return out;
 }
 
